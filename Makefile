@@ -1,0 +1,22 @@
+# rsprompt: two commands do everything on a fresh machine.
+#   make demo   train prompts on a real frozen encoder and write a QGIS-ready map (creates .venv)
+#   make test   lint and run the test suite (creates .venv)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: venv test test-slow lint demo clean
+
+venv:
+	@bash scripts/setup_venv.sh $(VENV)
+
+lint: venv
+	$(VENV)/bin/ruff check rsprompt tests scripts
+
+test: lint
+	$(PY) -m pytest
+
+test-slow: venv
+	$(PY) -m pytest -m slow
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

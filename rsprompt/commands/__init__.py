@@ -1,0 +1,1 @@
+"""Click commands of the ``rsprompt`` CLI, one module each (thin shells over the library)."""

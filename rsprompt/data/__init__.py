@@ -1,0 +1,1 @@
+"""Data: class tables, synthetic scenes, TorchGeo datasets, normalisation and augmentation."""

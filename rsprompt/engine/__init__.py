@@ -1,0 +1,1 @@
+"""Engine: Lightning task, losses, metrics, optimisers and adapter-only checkpoints."""

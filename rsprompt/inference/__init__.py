@@ -1,0 +1,1 @@
+"""Inference: tiled prediction of whole scenes and GIS-ready writers."""

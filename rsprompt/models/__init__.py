@@ -1,0 +1,1 @@
+"""Models: frozen encoders, prompt/adapter methods, decoders and the model registry."""

@@ -1,0 +1,1 @@
+"""One module per method: mobanet, dplnet, gopt, spm, rpn."""

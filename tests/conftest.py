@@ -1,0 +1,23 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+#: Real ISPRS crops (never copied into the repository); tests skip when absent.
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+# Small CPU machines: keep torch from oversubscribing the cores in every test process.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Path of ../shared/data, or skip the test when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real sample data not found at {SHARED_DATA} (only CI and developers have it)")
+    return SHARED_DATA

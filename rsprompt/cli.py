@@ -54,3 +54,4 @@ def main() -> None:
 
 
 # Registered commands (keep alphabetical; one line each).
+_register("synth", "rsprompt.commands.synth", "synth", "Write synthetic optical + DSM/SAR scenes (or an official dataset layout).")

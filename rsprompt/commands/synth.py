@@ -1,0 +1,232 @@
+"""``rsprompt synth``: write a synthetic multimodal scene, or tiles in an official dataset layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+_KINDS = ("isprs", "whu-opt-sar")
+_LAYOUTS = ("vaihingen", "potsdam", "whu-opt-sar")
+_LAYOUT_KIND = {"vaihingen": "isprs", "potsdam": "isprs", "whu-opt-sar": "whu-opt-sar"}
+
+
+def _parse_size(ctx: click.Context, param: click.Parameter, value: str | None):
+    if value is None:
+        return None
+    text = value.lower().replace("x", ",")
+    try:
+        parts = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"expected N or H,W (or HxW), got {value!r}") from None
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2:
+        return (parts[0], parts[1])
+    raise click.BadParameter(f"expected N or H,W (or HxW), got {value!r}")
+
+
+def _parse_tiles(values: tuple[str, ...]) -> list[str] | None:
+    tiles = [t.strip() for v in values for t in v.replace(",", " ").split() if t.strip()]
+    return tiles or None
+
+
+@click.command(
+    "synth",
+    short_help="Write a synthetic optical + DSM/SAR scene (or an official dataset layout).",
+)
+@click.option(
+    "--kind",
+    type=click.Choice(_KINDS),
+    default=None,
+    help="Scene kind: urban ISPRS (optical + DSM) or WHU-OPT-SAR (optical + SAR). "
+    "Default isprs, or the layout's kind.",
+)
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Output folder (created when missing).",
+)
+@click.option(
+    "--size",
+    callback=_parse_size,
+    default="256",
+    show_default=True,
+    help="Scene/tile size in pixels: N or H,W.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option(
+    "--layout",
+    type=click.Choice(_LAYOUTS),
+    default=None,
+    help="Write tiles with the exact folder and file names of this official dataset "
+    "instead of scene.tif / dsm.tif|sar.tif / labels.tif.",
+)
+@click.option(
+    "--bands",
+    type=click.Choice(("irrg", "rgb", "rgbir")),
+    default=None,
+    help="Optical band order (irrg = NIR,R,G; rgbir = R,G,B,NIR). Default irrg for "
+    "isprs, rgbir for whu-opt-sar. Layouts fix their own bands.",
+)
+@click.option(
+    "--aux",
+    type=click.Choice(("dsm", "sar", "both")),
+    default=None,
+    help="Second modality to write (default dsm for isprs, sar for whu-opt-sar).",
+)
+@click.option(
+    "--resolution",
+    type=float,
+    default=None,
+    help="Pixel size in metres (default 0.09 isprs, 5 whu-opt-sar).",
+)
+@click.option(
+    "--crs",
+    "crs",
+    default=None,
+    help="Projected CRS of the scene, e.g. EPSG:32632 "
+    "(default EPSG:32633 isprs, EPSG:32649 whu-opt-sar).",
+)
+@click.option("--aux-crs", default=None, help="Write the DSM/SAR in another CRS, e.g. EPSG:32632.")
+@click.option(
+    "--aux-resolution", type=float, default=None, help="Pixel size of the DSM/SAR in metres."
+)
+@click.option(
+    "--aux-coverage",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Fraction of the optical footprint the DSM/SAR covers.",
+)
+@click.option(
+    "--aux-nodata-border",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Width (aux pixels) of a nodata frame around the DSM/SAR.",
+)
+@click.option(
+    "--tiles",
+    multiple=True,
+    help="Layout tiles (repeatable or comma-separated): Vaihingen area numbers, "
+    "Potsdam a_b, WHU scene names. Default: 2 training + 1 test tile.",
+)
+@click.option(
+    "--labels-flat",
+    is_flag=True,
+    help="Layouts vaihingen/potsdam: write the complete label archives flat in the root.",
+)
+@click.option("--dsm-world-files", is_flag=True, help="Layout vaihingen: write .tfw world files.")
+@click.option(
+    "--no-georef",
+    is_flag=True,
+    help="Layout whu-opt-sar: write no CRS/transform. Default scene: write no CRS.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+def synth(
+    kind: str | None,
+    out: Path,
+    size,
+    seed: int,
+    layout: str | None,
+    bands: str | None,
+    aux: str | None,
+    resolution: float | None,
+    crs: str | None,
+    aux_crs: str | None,
+    aux_resolution: float | None,
+    aux_coverage: float,
+    aux_nodata_border: int,
+    tiles: tuple[str, ...],
+    labels_flat: bool,
+    dsm_world_files: bool,
+    no_georef: bool,
+    overwrite: bool,
+) -> None:
+    r"""Write a seeded synthetic multimodal scene (optical + DSM or SAR + labels).
+
+    By default writes georeferenced scene.tif, dsm.tif or sar.tif and labels.tif into --out. With
+    --layout the same kind of content is written as tiles named exactly like the official
+    distribution (e.g. top/top_mosaic_09cm_area1.tif for Vaihingen).
+
+    \b
+    Examples:
+      rsprompt synth --out demo_scene --size 512 --seed 1
+      rsprompt synth --kind whu-opt-sar --out whu --size 256
+      rsprompt synth --out s --aux-crs EPSG:32632 --aux-resolution 0.5 --aux-nodata-border 4
+      rsprompt synth --layout vaihingen --out data/vaihingen --size 256 --tiles 1,3,2
+    """
+    from rsprompt.data.synthetic import generate_scene, write_layout, write_scene
+
+    try:
+        if layout is not None:
+            if kind is not None and kind != _LAYOUT_KIND[layout]:
+                raise click.UsageError(
+                    f"--layout {layout} holds {_LAYOUT_KIND[layout]} scenes, not --kind {kind}"
+                )
+            scene_only = {
+                "--bands": bands,
+                "--aux": aux,
+                "--resolution": resolution,
+                "--crs": crs,
+                "--aux-crs": aux_crs,
+                "--aux-resolution": aux_resolution,
+                "--aux-coverage": None if aux_coverage == 1.0 else aux_coverage,
+                "--aux-nodata-border": aux_nodata_border or None,
+            }
+            given = [k for k, v in scene_only.items() if v is not None]
+            if given:
+                raise click.UsageError(
+                    f"{', '.join(given)} apply to the default scene output, not to --layout "
+                    "(an official layout fixes its own bands, grid and modalities)"
+                )
+            options: dict = {"labels_flat": labels_flat}
+            if layout == "vaihingen":
+                options["dsm_world_files"] = dsm_world_files
+            if layout == "whu-opt-sar":
+                options["georeferenced"] = not no_georef
+            written = write_layout(
+                out,
+                layout,
+                tiles=_parse_tiles(tiles),
+                size=size,
+                seed=seed,
+                overwrite=overwrite,
+                **options,
+            )
+            n = sum(len(v) for v in written.values())
+            click.echo(f"wrote {n} files for {len(written)} {layout} tile(s) under {out}")
+            for tile, paths in written.items():
+                for key, path in paths.items():
+                    click.echo(f"  {tile}\t{key}\t{path}")
+            return
+        if tiles or labels_flat or dsm_world_files:
+            raise click.UsageError("--tiles, --labels-flat and --dsm-world-files need --layout")
+        scene = generate_scene(
+            kind or "isprs",
+            size,
+            seed,
+            bands=bands,
+            resolution=resolution,
+            crs=None if no_georef else (crs or "auto"),
+            aux=aux,
+        )
+        written = write_scene(
+            scene,
+            out,
+            aux_crs=aux_crs,
+            aux_resolution=aux_resolution,
+            aux_coverage=aux_coverage,
+            aux_nodata_border=aux_nodata_border,
+            overwrite=overwrite,
+        )
+    except FileExistsError as exc:
+        raise click.ClickException(str(exc)) from None
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(f"wrote {scene.kind} scene {scene.shape[0]}x{scene.shape[1]} (seed {seed}) to {out}")
+    for key, path in written.items():
+        click.echo(f"  {key}\t{path}")

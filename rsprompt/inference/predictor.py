@@ -1,0 +1,566 @@
+"""Streaming prediction of whole scenes at bounded memory.
+
+Pipeline (three threads, bounded queues between them):
+
+1. *reader*: reads batches of windows (scene + aux warped onto the scene's grid), normalises
+   them and queues them;
+2. *compute* (the calling thread): batched forward pass under ``torch.inference_mode``, softmax,
+   optional flip TTA;
+3. *blender/writer*: multiplies each window's probabilities by its blending weight, accumulates
+   them in a row strip as high as one window, and writes every finished strip (class map, and
+   optionally probabilities) before dropping it.
+
+Memory is bounded by the strip (``K × (window + 16) × width`` floats) and the queues, never by the
+scene's height. Outputs are written atomically (see :mod:`rsprompt.inference.writers`).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from rsprompt.data.labels import ClassTable
+from rsprompt.inference.reader import AuxStats, PredictError, SceneReader
+from rsprompt.inference.summary import PredictSummary, pixel_area_m2
+from rsprompt.inference.windows import Window, window_grid, window_weight
+from rsprompt.inference.writers import (
+    AtomicOutputs,
+    StripWriter,
+    class_dtype,
+    colormap,
+    qml_text,
+    rat_aux_xml_text,
+    to_cog,
+    write_vectors,
+)
+
+#: Rows per strip of the temporary class raster; strips are flushed at multiples of this.
+STRIP_ROWS = 16
+
+#: ``normalize(image C×h×w, aux A×h×w | None, aux_valid h×w | None, offset (row, col))``
+#: ``-> (image, aux, aux_valid)`` on float32 numpy arrays; ``offset`` is the window's first
+#: pixel in the scene (for normalisations that vary over the scene, e.g. an nDSM ground grid).
+NormalizeFn = Callable[
+    [np.ndarray, np.ndarray | None, np.ndarray | None, tuple[int, int]],
+    tuple[np.ndarray, np.ndarray | None, np.ndarray | None],
+]
+
+
+@runtime_checkable
+class SceneNormalizer(Protocol):
+    """A normaliser that needs scene-wide aux statistics before it can be applied.
+
+    ``predict_scene`` computes :class:`~rsprompt.inference.reader.AuxStats` over the valid aux
+    pixels of the whole scene (a streaming pre-pass; with ``ground_cell_px`` set, also a grid of
+    per-cell minima for ground estimation) and calls :meth:`fit` once, then calls the normaliser
+    on every window like a :data:`NormalizeFn`.
+    """
+
+    needs_aux_stats: bool
+    ground_cell_px: int | None
+
+    def fit(self, stats: AuxStats) -> None:
+        """Take the scene-wide aux statistics."""
+
+    def __call__(
+        self,
+        image: np.ndarray,
+        aux: np.ndarray | None,
+        aux_valid: np.ndarray | None,
+        offset: tuple[int, int],
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Normalise one window."""
+
+
+def _identity(
+    image: np.ndarray,
+    aux: np.ndarray | None,
+    aux_valid: np.ndarray | None,
+    offset: tuple[int, int],
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    return image, aux, aux_valid
+
+
+class _Stop(Exception):
+    pass
+
+
+def _put(q: queue.Queue, item: Any, stop: threading.Event) -> None:
+    while True:
+        if stop.is_set():
+            raise _Stop
+        try:
+            q.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            continue
+
+
+def _get(q: queue.Queue, stop: threading.Event) -> Any:
+    while True:
+        if stop.is_set():
+            raise _Stop
+        try:
+            return q.get(timeout=0.1)
+        except queue.Empty:
+            continue
+
+
+class _Worker(threading.Thread):
+    """A daemon thread that records its exception for the main thread."""
+
+    def __init__(self, target: Callable[[], None], name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self._fn = target
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._fn()
+        except _Stop:
+            pass
+        except BaseException as exc:
+            self.error = exc
+
+
+class StripAccumulator:
+    """Blends weighted window probabilities in a row strip and emits finished rows.
+
+    Args:
+        height: Scene rows.
+        width: Scene columns.
+        num_classes: ``K``.
+        capacity: Rows held (at least window height + :data:`STRIP_ROWS`).
+    """
+
+    def __init__(self, height: int, width: int, num_classes: int, capacity: int) -> None:
+        self.height, self.width, self.k = height, width, num_classes
+        self.cap = min(capacity, height)
+        self.top = 0  # scene row of the strip's first row
+        self.psum = np.zeros((num_classes, self.cap, width), np.float32)
+        self.wsum = np.zeros((self.cap, width), np.float32)
+        self.valid = np.zeros((self.cap, width), bool)
+
+    def add(self, win: Window, weighted: np.ndarray, weight: np.ndarray, valid: np.ndarray) -> None:
+        """Add ``weighted`` (``K×h×w`` probabilities × weight) of ``win``."""
+        r0 = win.row - self.top
+        if r0 < 0 or r0 + win.height > self.cap:
+            raise RuntimeError(f"window {win} outside the live strip (top {self.top})")
+        rs, cs = slice(r0, r0 + win.height), slice(win.col, win.col_end)
+        self.psum[:, rs, cs] += weighted
+        self.wsum[rs, cs] += weight
+        self.valid[rs, cs] = valid
+
+    def pop(self, rows: int) -> tuple[int, np.ndarray, np.ndarray]:
+        """Remove the first ``rows`` finished rows.
+
+        Returns:
+            ``(first scene row, probabilities K×rows×W float32, valid rows×W)``.
+        """
+        rows = min(rows, self.height - self.top)
+        probs = self.psum[:, :rows] / np.maximum(self.wsum[:rows], 1e-12)
+        valid = self.valid[:rows].copy()
+        top = self.top
+        keep = self.cap - rows
+        self.psum[:, :keep] = self.psum[:, rows:]
+        self.psum[:, keep:] = 0
+        self.wsum[:keep] = self.wsum[rows:]
+        self.wsum[keep:] = 0
+        self.valid[:keep] = self.valid[rows:]
+        self.valid[keep:] = False
+        self.top += rows
+        return top, probs, valid
+
+
+def _forward(
+    model: Callable[..., Tensor],
+    image: Tensor,
+    aux: Tensor | None,
+    aux_valid: Tensor | None,
+    tta: bool,
+) -> Tensor:
+    """Softmax probabilities ``B×K×H×W``, averaged over flips when ``tta``."""
+
+    def run(dims: tuple[int, ...]) -> Tensor:
+        def f(t: Tensor | None) -> Tensor | None:
+            return t.flip(dims) if (t is not None and dims) else t
+
+        out = model(f(image), aux=f(aux), aux_valid=f(aux_valid))
+        if isinstance(out, dict):
+            out = out["logits"]
+        probs = torch.softmax(out.float(), dim=1)
+        return probs.flip(dims) if dims else probs
+
+    if not tta:
+        return run(())
+    total = run(())
+    for dims in ((-1,), (-2,), (-2, -1)):
+        total = total + run(dims)
+    return total / 4.0
+
+
+def _pad_to(t: Tensor, h: int, w: int, mode: str) -> Tensor:
+    ph, pw = h - t.shape[-2], w - t.shape[-1]
+    if ph <= 0 and pw <= 0:
+        return t
+    if mode == "reflect" and (ph >= t.shape[-2] or pw >= t.shape[-1]):
+        mode = "replicate"
+    return F.pad(t, (0, max(pw, 0), 0, max(ph, 0)), mode=mode)
+
+
+def check_outputs(paths: Sequence[Path | None], overwrite: bool) -> None:
+    """Fail if an output exists (without ``overwrite``) or its folder does not.
+
+    Raises:
+        PredictError: Naming the output.
+    """
+    for p in paths:
+        if p is None:
+            continue
+        if p.exists() and not overwrite:
+            raise PredictError(
+                f"output {p} exists; pass overwrite=True (--overwrite) to replace it"
+            )
+        if not p.parent.is_dir():
+            raise PredictError(f"output folder {p.parent} does not exist")
+
+
+def predict_scene(
+    scene: str | Path,
+    model: Callable[..., Tensor],
+    out_path: str | Path,
+    *,
+    classes: ClassTable,
+    aux: str | Path | None = None,
+    normalize: NormalizeFn | SceneNormalizer | None = None,
+    window: int = 512,
+    overlap: int = 128,
+    batch_size: int = 4,
+    tta: bool = False,
+    probabilities: str | Path | None = None,
+    vectors: str | Path | None = None,
+    overwrite: bool = False,
+    device: str | torch.device = "cpu",
+    bands: Sequence[int] | None = None,
+    expected_bands: int | None = None,
+    aux_channels: int | None = None,
+    train_patch_size: int | None = None,
+    overview_resampling: str = "mode",
+    compress: str = "DEFLATE",
+    pad_mode: str = "reflect",
+    prefetch: int = 2,
+    progress: bool = True,
+) -> PredictSummary:
+    """Predict a whole scene and write a GIS-ready class map.
+
+    Args:
+        scene: Optical scene (GeoTIFF or any georeferenced raster); defines the output grid.
+        model: Model following :class:`rsprompt.models.base.SegmentationModel`'s contract:
+            ``model(image B×C×H×W, aux=B×A×H×W | None, aux_valid=B×1×H×W | None)`` returns logits
+            ``B×K×H×W``.
+        out_path: Class map to write (Cloud-Optimised GeoTIFF).
+        classes: Class names and colours (``K`` must match the model's output).
+        aux: Aux raster (DSM or SAR) on any grid/CRS overlapping the scene, or ``None``.
+        normalize: Per-window normalisation (a :data:`NormalizeFn`; default: none). If it is a :class:`SceneNormalizer` with ``needs_aux_stats``, scene-wide aux
+            statistics are computed first and passed to its ``fit``.
+        window: Window side in pixels.
+        overlap: Overlap between neighbouring windows in pixels.
+        batch_size: Windows per forward pass.
+        tta: Average the probabilities over horizontal/vertical flips (4× compute).
+        probabilities: Also write per-class probabilities (uint8 0–255, one band per class).
+        vectors: Also write polygons (GeoPackage with ``class_id`` and ``class_name``).
+        overwrite: Replace existing outputs.
+        device: Torch device of the model.
+        bands: 1-based scene bands to read (``None`` = all).
+        expected_bands: Optical bands the model takes (checked against the scene).
+        aux_channels: Aux bands the model takes (checked against the aux raster).
+        train_patch_size: Training tile size; used to warn when scene-wide aux statistics are
+            taken over a scene much larger than the tiles.
+        overview_resampling: ``mode`` or ``nearest`` (class map overviews).
+        compress: ``DEFLATE`` or ``ZSTD``.
+        pad_mode: How a scene smaller than a window is padded for the model (``reflect``,
+            ``replicate`` or ``constant``); the output is cropped back.
+        prefetch: Batches read ahead of the forward pass.
+        progress: Show a tqdm progress bar.
+
+    Returns:
+        A :class:`~rsprompt.inference.summary.PredictSummary`.
+
+    Raises:
+        PredictError: On a bad input (missing, corrupt, not georeferenced, no overlap, wrong band
+            count) or an existing output without ``overwrite``; nothing is written then.
+    """
+    t_start = time.perf_counter()
+    scene = Path(scene)
+    out_path = Path(out_path)
+    probs_path = Path(probabilities) if probabilities is not None else None
+    vec_path = Path(vectors) if vectors is not None else None
+    if out_path.suffix.lower() not in (".tif", ".tiff"):
+        raise PredictError(f"output {out_path} must be a GeoTIFF (.tif)")
+    if vec_path is not None and vec_path.suffix.lower() != ".gpkg":
+        raise PredictError(f"vector output {vec_path} must be a GeoPackage (.gpkg)")
+    for p in (out_path, probs_path, vec_path):
+        if p is not None and p.resolve() in (scene.resolve(), Path(aux).resolve() if aux else None):
+            raise PredictError(f"output {p} would overwrite an input")
+    check_outputs([out_path, probs_path, vec_path], overwrite)
+    if window < 1 or not 0 <= overlap < window:
+        raise PredictError(f"need window >= 1 and 0 <= overlap < window, got {window}, {overlap}")
+    if batch_size < 1:
+        raise PredictError(f"batch size must be >= 1, got {batch_size}")
+    k = classes.num_classes
+    dtype, nodata = class_dtype(k)
+    norm = normalize if normalize is not None else _identity
+    device = torch.device(device)
+
+    reader = SceneReader(
+        scene, aux, bands=bands, expected_bands=expected_bands, aux_channels=aux_channels
+    )
+    stats: AuxStats | None = None
+    height, width, crs, transform = reader.height, reader.width, reader.crs, reader.transform
+    try:
+        if reader.has_aux and isinstance(norm, SceneNormalizer) and norm.needs_aux_stats:
+            stats = reader.aux_statistics(ground_cell=getattr(norm, "ground_cell_px", None))
+            norm.fit(stats)
+            if train_patch_size and max(reader.height, reader.width) > 4 * train_patch_size:
+                warnings.warn(
+                    f"the aux normalisation of this checkpoint takes statistics per training "
+                    f"tile ({train_patch_size} px); over scene {scene.name} "
+                    f"({reader.width}×{reader.height} px) they are taken once over the whole "
+                    "scene, which compresses the heights the model sees. Prefer an nDSM "
+                    "(height above ground) or a checkpoint trained with global statistics.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+        windows = window_grid(reader.height, reader.width, window, overlap)
+        win_h, win_w = windows[0].height, windows[0].width
+        in_h, in_w = (window if win_h < window else win_h), (window if win_w < window else win_w)
+        counts = np.zeros(k, np.int64)
+        nodata_px = 0
+        extra: list[Path] = []
+        with AtomicOutputs() as outputs:
+            cls_tmp = outputs.scratch(out_path)
+            cls_writer = StripWriter(
+                cls_tmp,
+                height=reader.height,
+                width=reader.width,
+                count=1,
+                dtype=dtype,
+                crs=reader.crs,
+                transform=reader.transform,
+                nodata=nodata,
+                colormap=colormap(classes.colors, nodata),
+            )
+            prob_writer = None
+            prob_tmp = None
+            if probs_path is not None:
+                prob_tmp = outputs.scratch(probs_path)
+                prob_writer = StripWriter(
+                    prob_tmp,
+                    height=reader.height,
+                    width=reader.width,
+                    count=k,
+                    dtype="uint8",
+                    crs=reader.crs,
+                    transform=reader.transform,
+                    nodata=None,
+                    descriptions=list(classes.names),
+                )
+            acc = StripAccumulator(reader.height, reader.width, k, win_h + STRIP_ROWS)
+
+            def flush(rows: int) -> None:
+                nonlocal nodata_px
+                top, probs, valid = acc.pop(rows)
+                cls = probs.argmax(axis=0).astype(dtype)
+                counts[:] += np.bincount(cls[valid].ravel(), minlength=k)[:k]
+                nodata_px += int((~valid).sum())
+                cls[~valid] = nodata
+                cls_writer.write(cls, top)
+                if prob_writer is not None:
+                    p8 = np.rint(probs * 255.0).astype(np.uint8)
+                    p8[:, ~valid] = 0
+                    prob_writer.write(p8, top)
+
+            batches = [windows[i : i + batch_size] for i in range(0, len(windows), batch_size)]
+            stop = threading.Event()
+            q_in: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
+            q_out: queue.Queue = queue.Queue(maxsize=2)
+            weight_cache: dict[tuple[bool, bool, bool, bool], np.ndarray] = {}
+
+            def weight_of(win: Window) -> np.ndarray:
+                key = (
+                    win.row == 0,
+                    win.row_end == reader.height,
+                    win.col == 0,
+                    win.col_end == reader.width,
+                )
+                if key not in weight_cache:
+                    weight_cache[key] = window_weight(win, reader.height, reader.width, overlap)
+                return weight_cache[key]
+
+            def read_loop() -> None:
+                for batch in batches:
+                    imgs, auxs, avals, valids = [], [], [], []
+                    for win in batch:
+                        img, valid = reader.read_scene(win)
+                        a = av = None
+                        if reader.has_aux:
+                            a, av = reader.read_aux(win)
+                        img, a, av = norm(img, a, av, (win.row, win.col))
+                        if a is not None and av is not None:
+                            av = np.asarray(av).reshape(win.height, win.width) > 0
+                            a = np.where(av[None], a, np.float32(0.0))
+                        imgs.append(np.asarray(img, np.float32))
+                        valids.append(valid)
+                        if a is not None:
+                            auxs.append(np.asarray(a, np.float32))
+                            avals.append(av)
+                    item = (
+                        batch,
+                        np.stack(imgs),
+                        np.stack(auxs) if auxs else None,
+                        np.stack(avals) if avals else None,
+                        np.stack(valids),
+                    )
+                    _put(q_in, item, stop)
+                _put(q_in, None, stop)
+
+            def write_loop() -> None:
+                while True:
+                    item = _get(q_out, stop)
+                    if item is None:
+                        break
+                    batch, probs, valids = item
+                    for i, win in enumerate(batch):
+                        if win.row - acc.top >= STRIP_ROWS:
+                            # Rows above this window's first row are final (row-major order).
+                            ready = (win.row - acc.top) // STRIP_ROWS * STRIP_ROWS
+                            if ready:
+                                flush(ready)
+                        w = weight_of(win)
+                        acc.add(win, probs[i] * w, w, valids[i])
+                while acc.top < reader.height:
+                    flush(reader.height - acc.top)
+
+            reader_t = _Worker(read_loop, "rsprompt-reader")
+            writer_t = _Worker(write_loop, "rsprompt-writer")
+            bar = None
+            if progress:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=len(windows), desc=scene.name, unit="win", leave=False)
+            was_training = getattr(model, "training", False)
+            if hasattr(model, "eval"):
+                model.eval()
+            reader_t.start()
+            writer_t.start()
+            try:
+                with torch.inference_mode():
+                    checked = False
+                    while True:
+                        for t in (reader_t, writer_t):
+                            if t.error is not None:
+                                raise t.error
+                        try:
+                            item = q_in.get(timeout=0.1)
+                        except queue.Empty:
+                            continue
+                        if item is None:
+                            break
+                        batch, img, a, av, valids = item
+                        x = torch.from_numpy(img).to(device)
+                        xa = torch.from_numpy(a).to(device) if a is not None else None
+                        xv = (
+                            torch.from_numpy(av[:, None].astype(np.float32)).to(device)
+                            if av is not None
+                            else None
+                        )
+                        if (in_h, in_w) != (win_h, win_w):
+                            x = _pad_to(x, in_h, in_w, pad_mode)
+                            if xa is not None:
+                                xa = _pad_to(xa, in_h, in_w, pad_mode)
+                                xv = _pad_to(xv, in_h, in_w, "constant")
+                        probs = _forward(model, x, xa, xv, tta)[..., :win_h, :win_w]
+                        if not checked:
+                            if probs.shape[1] != k:
+                                raise PredictError(
+                                    f"the model outputs {probs.shape[1]} classes but the class "
+                                    f"table has {k} ({', '.join(classes.names)})"
+                                )
+                            if probs.shape[-2:] != (win_h, win_w):
+                                raise PredictError(
+                                    f"the model returned {tuple(probs.shape[-2:])} logits for a "
+                                    f"{in_h}×{in_w} input"
+                                )
+                            checked = True
+                        _put(q_out, (batch, probs.cpu().numpy(), valids), stop)
+                        if bar is not None:
+                            bar.update(len(batch))
+                    _put(q_out, None, stop)
+                    while writer_t.is_alive():
+                        writer_t.join(timeout=0.1)
+                        if writer_t.error is not None:
+                            raise writer_t.error
+                    if writer_t.error is not None:
+                        raise writer_t.error
+            except BaseException:
+                stop.set()
+                raise
+            finally:
+                stop.set()
+                reader_t.join()
+                writer_t.join()
+                if bar is not None:
+                    bar.close()
+                if was_training and hasattr(model, "train"):
+                    model.train()
+                cls_writer.close()
+                if prob_writer is not None:
+                    prob_writer.close()
+
+            # Finish: COGs, sidecars, vectors (all temporary until commit).
+            cog_tmp = outputs.temp_for(out_path)
+            to_cog(cls_tmp, cog_tmp, overview_resampling=overview_resampling, compress=compress)
+            qml = out_path.with_suffix(".qml")
+            outputs.temp_for(qml).write_text(qml_text(classes.names, classes.colors, nodata))
+            aux_xml = Path(f"{out_path}.aux.xml")
+            outputs.temp_for(aux_xml).write_text(
+                rat_aux_xml_text(classes.names, classes.colors, counts.tolist(), nodata)
+            )
+            extra += [qml, aux_xml]
+            if probs_path is not None and prob_tmp is not None:
+                to_cog(
+                    prob_tmp,
+                    outputs.temp_for(probs_path),
+                    overview_resampling="average",
+                    compress=compress,
+                )
+                extra.append(probs_path)
+            if vec_path is not None:
+                write_vectors(cls_tmp, outputs.temp_for(vec_path), classes.names)
+                extra.append(vec_path)
+    finally:
+        reader.close()
+    return PredictSummary(
+        scene=scene,
+        output=out_path,
+        width=width,
+        height=height,
+        class_names=list(classes.names),
+        counts=counts.tolist(),
+        nodata_pixels=nodata_px,
+        pixel_area_m2=pixel_area_m2(crs, transform, height, width),
+        seconds=time.perf_counter() - t_start,
+        windows=len(windows),
+        extra_outputs=extra,
+        aux_stats=stats.as_dict() if stats is not None else None,
+    )

@@ -1,0 +1,374 @@
+"""Reading a scene and its aux raster window by window, on the scene's grid.
+
+The optical scene defines the output grid (CRS, transform, size). The aux raster (DSM or SAR) may
+have another CRS, resolution or extent: it is warped onto the scene's grid on the fly with a
+rasterio :class:`~rasterio.vrt.WarpedVRT`, so only the windows being predicted are ever read.
+
+Validity: a scene pixel is valid unless all its bands equal the scene's nodata value (or NaN), or
+the file's internal mask says so; an alpha band is *not* treated as a mask (a 4-band uint8 image
+is usually RGB + NIR, see ENVIRONMENT.md). An aux pixel is valid where the warped aux has data
+(outside the aux's extent and at its nodata value it has none).
+
+Every problem with an input (missing, corrupt, not georeferenced, no overlap, wrong band count)
+raises :class:`PredictError` naming the file, before any output is created.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.crs import CRS
+from rasterio.enums import MaskFlags, Resampling
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.transform import Affine
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform_bounds
+from rasterio.windows import Window as RioWindow
+
+from rsprompt.inference.windows import Window
+
+
+class PredictError(ValueError):
+    """A problem with the inputs or outputs of a prediction (message names the file)."""
+
+
+@dataclass
+class AuxStats:
+    """Per-band statistics of the valid aux pixels over the whole scene.
+
+    Attributes:
+        min: Per-band minimum.
+        max: Per-band maximum.
+        mean: Per-band mean.
+        std: Per-band standard deviation.
+        count: Number of valid pixels.
+        cell: Side (pixels) of the cells of ``cell_min`` (``None`` if not computed).
+        cell_min: Minimum of band 1 over each ``cell × cell`` block of the scene grid (NaN where
+            no valid pixel), for ground estimation (nDSM); ``None`` if not computed.
+    """
+
+    min: list[float] = field(default_factory=list)
+    max: list[float] = field(default_factory=list)
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+    count: int = 0
+    cell: int | None = None
+    cell_min: np.ndarray | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        """Plain-dict form (JSON-serialisable)."""
+        return {
+            "min": self.min,
+            "max": self.max,
+            "mean": self.mean,
+            "std": self.std,
+            "count": self.count,
+        }
+
+
+def _open(path: Path, role: str) -> rasterio.io.DatasetReader:
+    if not path.exists():
+        raise PredictError(f"{role} {path}: file not found")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            src = rasterio.open(path)
+    except RasterioIOError as exc:
+        raise PredictError(f"{role} {path}: not a readable raster ({exc})") from None
+    return src
+
+
+def _check_georeferenced(src: rasterio.io.DatasetReader, path: Path, role: str) -> None:
+    if src.crs is None or src.transform == Affine.identity():
+        src.close()
+        raise PredictError(
+            f"{role} {path} is not georeferenced (no CRS or geotransform): the output map needs "
+            "a CRS and transform; assign them first (e.g. gdal_translate -a_srs/-a_ullr or a "
+            "world file plus a CRS)"
+        )
+    if src.transform.b != 0 or src.transform.d != 0:
+        src.close()
+        raise PredictError(f"{role} {path} has a rotated geotransform; warp it north-up first")
+
+
+def _probe(src: rasterio.io.DatasetReader, path: Path, role: str) -> None:
+    """Read one small block so a truncated/corrupt file fails now, not halfway through."""
+    try:
+        h, w = min(src.height, 64), min(src.width, 64)
+        src.read(1, window=RioWindow(0, 0, w, h))
+        src.read(1, window=RioWindow(src.width - w, src.height - h, w, h))
+    except (RasterioIOError, rasterio.errors.RasterioError) as exc:
+        src.close()
+        raise PredictError(
+            f"{role} {path}: cannot read pixels, the file is corrupt ({exc})"
+        ) from None
+
+
+def _valid_from_nodata(data: np.ndarray, nodata: float | None) -> np.ndarray:
+    """Pixels where not all bands are nodata/NaN (``data``: C×H×W)."""
+    invalid = np.zeros(data.shape[1:], dtype=bool)
+    if np.issubdtype(data.dtype, np.floating):
+        invalid = np.isnan(data).all(axis=0)
+    if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
+        invalid |= (data == np.asarray(nodata, dtype=data.dtype)).all(axis=0)
+    return ~invalid
+
+
+def _cell_minima(values: np.ndarray, valid: np.ndarray, cell: int) -> np.ndarray:
+    """Minimum over ``cell × cell`` blocks of an ``h×w`` array (NaN where no valid pixel)."""
+    h, w = values.shape
+    gh, gw = -(-h // cell), -(-w // cell)
+    padded = np.full((gh * cell, gw * cell), np.inf, np.float32)
+    padded[:h, :w] = np.where(valid, values, np.inf)
+    out = padded.reshape(gh, cell, gw, cell).min(axis=(1, 3))
+    return np.where(np.isfinite(out), out, np.nan).astype(np.float32)
+
+
+class SceneReader:
+    """Reads windows of a scene (and its aux raster warped onto the scene's grid).
+
+    Args:
+        scene: Path of the optical scene (defines the output grid).
+        aux: Path of the aux raster (DSM/SAR) or ``None``.
+        bands: 1-based scene band indexes to read (``None`` = all bands).
+        expected_bands: Number of optical bands the model takes (checked), or ``None``.
+        aux_channels: Number of aux bands the model takes (checked when ``aux`` is given).
+        aux_resampling: Resampling used to warp the aux raster.
+
+    Raises:
+        PredictError: If a file is missing, corrupt or not georeferenced, a band count does not
+            match, or the aux raster does not overlap the scene.
+    """
+
+    def __init__(
+        self,
+        scene: str | Path,
+        aux: str | Path | None = None,
+        *,
+        bands: Sequence[int] | None = None,
+        expected_bands: int | None = None,
+        aux_channels: int | None = None,
+        aux_resampling: Resampling = Resampling.bilinear,
+    ) -> None:
+        self.scene_path = Path(scene)
+        self.aux_path = Path(aux) if aux is not None else None
+        self.src = _open(self.scene_path, "scene")
+        self._aux_src: rasterio.io.DatasetReader | None = None
+        self.vrt: WarpedVRT | None = None
+        try:
+            _check_georeferenced(self.src, self.scene_path, "scene")
+            _probe(self.src, self.scene_path, "scene")
+            self.bands = self._select_bands(bands, expected_bands)
+            self.nodata = self.src.nodata
+            self._mask_band = None
+            if self.nodata is None:
+                flags = self.src.mask_flag_enums[self.bands[0] - 1]
+                if MaskFlags.per_dataset in flags and MaskFlags.alpha not in flags:
+                    self._mask_band = self.bands[0]
+            if self.aux_path is not None:
+                self._open_aux(aux_channels, aux_resampling)
+            elif aux_channels:
+                pass  # the model runs with the aux missing everywhere
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------------ set-up
+    def _select_bands(self, bands: Sequence[int] | None, expected: int | None) -> list[int]:
+        count = self.src.count
+        if bands is None:
+            if expected is not None and count != expected:
+                raise PredictError(
+                    f"scene {self.scene_path} has {count} band(s) but the model takes "
+                    f"{expected}; select bands with the checkpoint's `bands` or convert the file"
+                )
+            return list(range(1, count + 1))
+        chosen = [int(b) for b in bands]
+        bad = [b for b in chosen if not 1 <= b <= count]
+        if bad:
+            raise PredictError(
+                f"scene {self.scene_path} has {count} band(s); the model reads bands {chosen} "
+                f"(1-based) and {bad} do not exist"
+            )
+        if expected is not None and len(chosen) != expected:
+            raise PredictError(
+                f"scene {self.scene_path}: {len(chosen)} band(s) selected but the model takes "
+                f"{expected}"
+            )
+        return chosen
+
+    def _open_aux(self, aux_channels: int | None, resampling: Resampling) -> None:
+        assert self.aux_path is not None
+        if aux_channels == 0:
+            raise PredictError(
+                f"aux raster {self.aux_path} was given but the model was trained without an aux "
+                "modality (aux_channels = 0)"
+            )
+        src = _open(self.aux_path, "aux raster")
+        self._aux_src = src
+        _check_georeferenced(src, self.aux_path, "aux raster")
+        _probe(src, self.aux_path, "aux raster")
+        if aux_channels is not None and src.count != aux_channels:
+            raise PredictError(
+                f"aux raster {self.aux_path} has {src.count} band(s) but the model takes "
+                f"{aux_channels}"
+            )
+        # Overlap test in the aux's CRS (densified edges).
+        try:
+            sb = transform_bounds(self.src.crs, src.crs, *self.src.bounds, densify_pts=21)
+        except Exception as exc:
+            raise PredictError(
+                f"aux raster {self.aux_path}: cannot transform the scene's extent to its CRS "
+                f"({exc})"
+            ) from None
+        ab = src.bounds
+        if not (sb[0] < ab.right and sb[2] > ab.left and sb[1] < ab.top and sb[3] > ab.bottom):
+            raise PredictError(
+                f"aux raster {self.aux_path} does not overlap scene {self.scene_path} "
+                f"(scene extent in the aux CRS {tuple(round(v, 3) for v in sb)}, aux extent "
+                f"{tuple(round(v, 3) for v in ab)})"
+            )
+        src_nodata = src.nodata
+        self.vrt = WarpedVRT(
+            src,
+            crs=self.src.crs,
+            transform=self.src.transform,
+            width=self.src.width,
+            height=self.src.height,
+            resampling=resampling,
+            src_nodata=src_nodata,
+            nodata=src_nodata if src_nodata is not None else -3.4e38,
+            dtype="float32",
+            add_alpha=False,
+        )
+        self._aux_nodata = self.vrt.nodata
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def height(self) -> int:
+        """Scene rows."""
+        return self.src.height
+
+    @property
+    def width(self) -> int:
+        """Scene columns."""
+        return self.src.width
+
+    @property
+    def crs(self) -> CRS:
+        """Scene CRS (the output's)."""
+        return self.src.crs
+
+    @property
+    def transform(self) -> Affine:
+        """Scene transform (the output's)."""
+        return self.src.transform
+
+    @property
+    def has_aux(self) -> bool:
+        """Whether an aux raster is read."""
+        return self.vrt is not None
+
+    # ------------------------------------------------------------------ reading
+    def read_scene(self, win: Window) -> tuple[np.ndarray, np.ndarray]:
+        """Optical window as float32 ``C×h×w`` plus its validity (bool ``h×w``)."""
+        rw = RioWindow(win.col, win.row, win.width, win.height)
+        raw = self.src.read(self.bands, window=rw)
+        if self._mask_band is not None:
+            valid = self.src.read_masks(self._mask_band, window=rw) > 0
+        else:
+            valid = _valid_from_nodata(raw, self.nodata)
+        image = raw.astype(np.float32, copy=False)
+        if np.issubdtype(raw.dtype, np.floating):
+            image = np.nan_to_num(image, nan=0.0, posinf=0.0, neginf=0.0)
+        return image, valid
+
+    def read_aux(self, win: Window) -> tuple[np.ndarray, np.ndarray]:
+        """Warped aux window as float32 ``A×h×w`` (0 where invalid) plus its validity."""
+        assert self.vrt is not None
+        rw = RioWindow(win.col, win.row, win.width, win.height)
+        aux = self.vrt.read(window=rw)
+        valid = np.isfinite(aux).all(axis=0)
+        if self._aux_nodata is not None:
+            valid &= ~(aux == np.float32(self._aux_nodata)).any(axis=0)
+        aux = np.where(valid[None], aux, np.float32(0.0)).astype(np.float32, copy=False)
+        return aux, valid
+
+    def aux_statistics(self, block_rows: int = 512, ground_cell: int | None = None) -> AuxStats:
+        """Per-band min/max/mean/std over the valid aux pixels of the whole scene grid.
+
+        A streaming pre-pass over row strips of the warped aux (memory: one strip). Only pixels
+        that are valid in both the aux and the scene count.
+
+        Args:
+            block_rows: Rows per strip.
+            ground_cell: Also compute the per-cell minima of band 1 on cells of this many pixels.
+
+        Raises:
+            PredictError: If the aux raster has no valid pixel inside the scene.
+        """
+        assert self.vrt is not None
+        n_b = self.vrt.count
+        mins = np.full(n_b, np.inf)
+        maxs = np.full(n_b, -np.inf)
+        sums = np.zeros(n_b)
+        sq = np.zeros(n_b)
+        count = 0
+        minima: list[np.ndarray] = []
+        if ground_cell:
+            block_rows = max(1, -(-block_rows // ground_cell)) * ground_cell
+        for row in range(0, self.height, block_rows):
+            h = min(block_rows, self.height - row)
+            win = Window(row, 0, h, self.width)
+            aux, valid = self.read_aux(win)
+            _, svalid = self.read_scene(win)
+            valid &= svalid
+            if ground_cell:
+                minima.append(_cell_minima(aux[0], valid, ground_cell))
+            n = int(valid.sum())
+            if n == 0:
+                continue
+            vals = aux[:, valid].astype(np.float64)
+            mins = np.minimum(mins, vals.min(axis=1))
+            maxs = np.maximum(maxs, vals.max(axis=1))
+            sums += vals.sum(axis=1)
+            sq += (vals * vals).sum(axis=1)
+            count += n
+        if count == 0:
+            raise PredictError(
+                f"aux raster {self.aux_path} has no valid pixel inside scene {self.scene_path}"
+            )
+        mean = sums / count
+        std = np.sqrt(np.maximum(sq / count - mean * mean, 0.0))
+        return AuxStats(
+            min=mins.tolist(),
+            max=maxs.tolist(),
+            mean=mean.tolist(),
+            std=std.tolist(),
+            count=count,
+            cell=ground_cell or None,
+            cell_min=np.concatenate(minima, axis=0) if minima else None,
+        )
+
+    def close(self) -> None:
+        """Close the files."""
+        if self.vrt is not None:
+            self.vrt.close()
+            self.vrt = None
+        if self._aux_src is not None:
+            self._aux_src.close()
+            self._aux_src = None
+        if not self.src.closed:
+            self.src.close()
+
+    def __enter__(self) -> SceneReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

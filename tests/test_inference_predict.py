@@ -1,0 +1,634 @@
+"""predict_scene with tiny models: georeferencing, seams, aux alignment, nodata, bad inputs."""
+
+from __future__ import annotations
+
+import tracemalloc
+import warnings
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from rasterio.transform import from_origin
+from rasterio.warp import Resampling, reproject
+
+from rsprompt.data.labels import ISPRS_CLASSES, ClassTable
+from rsprompt.inference import PredictError, predict_scene
+from rsprompt.inference.reader import SceneReader
+from rsprompt.models.base import SegmentationModel
+
+CRS = "EPSG:32633"
+ORIGIN = (366000.0, 5808000.0)
+
+
+def write_raster(path, data, *, crs=CRS, transform=None, nodata=None, res=1.0, origin=ORIGIN):
+    data = np.asarray(data)
+    if data.ndim == 2:
+        data = data[None]
+    transform = transform or from_origin(origin[0], origin[1], res, res)
+    profile = {
+        "driver": "GTiff",
+        "height": data.shape[1],
+        "width": data.shape[2],
+        "count": data.shape[0],
+        "dtype": data.dtype.name,
+        "transform": transform,
+        "nodata": nodata,
+        "photometric": "MINISBLACK",
+    }
+    if crs is not None:
+        profile["crs"] = crs
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(data)
+    return Path(path)
+
+
+def scene_array(h, w, seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([(xx * 255 // max(w - 1, 1)), (yy * 255 // max(h - 1, 1)), (xx + yy) % 256])
+    noise = rng.integers(0, 40, size=(3, h, w))
+    return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+
+class Pixelwise(SegmentationModel):
+    """1×1 conv on the image (+ aux where valid): tiling must not change its output at all."""
+
+    def __init__(self, k=6, aux_channels=1, seed=0):
+        super().__init__("test", "none", k, aux_channels)
+        g = torch.Generator().manual_seed(seed)
+        self.w = torch.nn.Parameter(torch.randn(k, 3, generator=g) * 3)
+        self.wa = torch.nn.Parameter(torch.randn(k, max(aux_channels, 1), generator=g) * 3)
+        self.calls = 0
+
+    def forward(self, image, aux=None, aux_valid=None):
+        self.calls += 1
+        out = torch.einsum("kc,bchw->bkhw", self.w, image / 255.0)
+        if aux is not None:
+            out = out + torch.einsum("kc,bchw->bkhw", self.wa, aux) * aux_valid
+        return out
+
+
+class Constant(SegmentationModel):
+    def __init__(self, k=6):
+        super().__init__("test", "none", k, 0)
+        self.logits = torch.linspace(-1, 1, k)
+
+    def forward(self, image, aux=None, aux_valid=None):
+        b, _, h, w = image.shape
+        return self.logits.view(1, -1, 1, 1).expand(b, -1, h, w).clone()
+
+
+class AuxFootprint(SegmentationModel):
+    """Class 1 where the aux is valid, class 0 elsewhere (reveals the warped aux footprint)."""
+
+    def __init__(self):
+        super().__init__("test", "none", 2, 1)
+
+    def forward(self, image, aux=None, aux_valid=None):
+        b, _, h, w = image.shape
+        v = aux_valid if aux_valid is not None else torch.zeros(b, 1, h, w)
+        return torch.cat([1 - v, v], 1) * 10
+
+
+@pytest.fixture
+def scene(tmp_path):
+    return write_raster(tmp_path / "scene.tif", scene_array(300, 410))
+
+
+def read(path):
+    with rasterio.open(path) as ds:
+        return ds.read(1), ds.profile, ds
+
+
+def test_output_grid_cog_and_colour_table(tmp_path, scene):
+    from rio_cogeo.cogeo import cog_validate
+
+    out = tmp_path / "out" / "map.tif"
+    out.parent.mkdir()
+    s = predict_scene(
+        scene,
+        Pixelwise(aux_channels=0),
+        out,
+        classes=ISPRS_CLASSES,
+        window=128,
+        overlap=32,
+        progress=False,
+    )
+    with rasterio.open(scene) as src, rasterio.open(out) as ds:
+        assert ds.crs == src.crs
+        assert ds.transform == src.transform
+        assert (ds.width, ds.height) == (src.width, src.height)
+        assert ds.bounds == src.bounds
+        assert ds.dtypes[0] == "uint8" and ds.nodata == 255 and ds.count == 1
+        assert ds.block_shapes[0] == (512, 512)
+        assert ds.compression.name.lower() == "deflate"
+        cmap = ds.colormap(1)
+        for i, c in enumerate(ISPRS_CLASSES.colors):
+            assert cmap[i][:3] == c
+        assert cmap[255][3] == 0  # nodata transparent
+    valid, errors, _ = cog_validate(str(out))
+    assert valid, errors
+    assert sorted(p.name for p in out.parent.iterdir()) == ["map.qml", "map.tif", "map.tif.aux.xml"]
+    assert sum(s.counts) == 300 * 410 and s.nodata_pixels == 0
+    assert s.windows == 12
+    assert abs(sum(s.percentages()) - 100) < 1e-6
+    assert s.areas_m2() == [float(c) for c in s.counts]  # 1 m pixels
+    assert "MPix/s" in s.format()
+
+
+def test_constant_model_has_no_seams(tmp_path, scene):
+    out, probs = tmp_path / "c.tif", tmp_path / "p.tif"
+    predict_scene(
+        scene,
+        Constant(),
+        out,
+        classes=ISPRS_CLASSES,
+        window=96,
+        overlap=40,
+        probabilities=probs,
+        progress=False,
+    )
+    cls, _, _ = read(out)
+    assert np.all(cls == 5)
+    with rasterio.open(probs) as ds:
+        p = ds.read()
+        assert ds.descriptions == ISPRS_CLASSES.names
+    expected = np.rint(torch.softmax(torch.linspace(-1, 1, 6), 0).numpy() * 255)
+    for k in range(6):
+        assert np.all(p[k] == expected[k])  # identical everywhere: no seam, no edge effect
+
+
+def test_tiling_equals_untiled_forward(tmp_path, scene):
+    """A pixel-wise model gives the same probabilities tiled and blended as on the whole scene."""
+    model = Pixelwise(aux_channels=0)
+    out, probs = tmp_path / "m.tif", tmp_path / "p.tif"
+    predict_scene(
+        scene,
+        model,
+        out,
+        classes=ISPRS_CLASSES,
+        window=100,
+        overlap=30,
+        batch_size=3,
+        probabilities=probs,
+        progress=False,
+    )
+    with rasterio.open(scene) as src:
+        img = torch.from_numpy(src.read().astype(np.float32))[None]
+    with torch.no_grad():
+        full = torch.softmax(model(img), 1)[0].numpy()
+    with rasterio.open(probs) as ds:
+        p = ds.read().astype(np.float32) / 255
+    assert np.abs(p - full).max() <= 0.5 / 255 + 1e-4
+    cls, _, _ = read(out)
+    agree = (cls == full.argmax(0)).mean()
+    assert agree > 0.999  # only near-ties may flip
+
+
+def test_tta_with_flip_equivariant_model(tmp_path, scene):
+    model = Pixelwise(aux_channels=0)
+    a, b = tmp_path / "a.tif", tmp_path / "b.tif"
+    predict_scene(scene, model, a, classes=ISPRS_CLASSES, window=128, overlap=32, progress=False)
+    model.calls = 0
+    predict_scene(
+        scene, model, b, classes=ISPRS_CLASSES, window=128, overlap=32, tta=True, progress=False
+    )
+    assert model.calls == 4 * 3  # 12 windows in batches of 4, four flips each
+    assert (read(a)[0] == read(b)[0]).mean() > 0.999
+
+
+def test_scene_smaller_than_window(tmp_path):
+    scene = write_raster(tmp_path / "s.tif", scene_array(37, 53))
+    seen = []
+
+    class Recorder(Pixelwise):
+        def forward(self, image, aux=None, aux_valid=None):
+            seen.append(tuple(image.shape[-2:]))
+            return super().forward(image, aux, aux_valid)
+
+    out = tmp_path / "o.tif"
+    predict_scene(
+        scene,
+        Recorder(aux_channels=0),
+        out,
+        classes=ISPRS_CLASSES,
+        window=64,
+        overlap=16,
+        progress=False,
+    )
+    assert seen == [(64, 64)]  # padded inside the model input
+    cls, _, _ = read(out)
+    assert cls.shape == (37, 53) and cls.max() < 6
+
+
+def test_aux_other_crs_resolution_extent_and_partial_coverage(tmp_path):
+    # Scene: 1 m UTM 33N. Aux: 2.5 m in EPSG:3035 (LAEA Europe), covering part of the scene,
+    # with a nodata strip inside.
+    scene = write_raster(tmp_path / "s.tif", scene_array(240, 320))
+    from pyproj import Transformer
+
+    tr = Transformer.from_crs(CRS, "EPSG:3035", always_xy=True)
+    x0, y0 = tr.transform(ORIGIN[0] + 100, ORIGIN[1] - 40)
+    dsm = np.full((80, 60), 30.0, np.float32) + np.random.default_rng(1).random(
+        (80, 60), np.float32
+    )
+    dsm[:, 20:24] = -9999.0
+    aux = write_raster(
+        tmp_path / "dsm.tif",
+        dsm,
+        crs="EPSG:3035",
+        transform=from_origin(x0, y0, 2.5, 2.5),
+        nodata=-9999.0,
+    )
+    out = tmp_path / "o.tif"
+    s = predict_scene(
+        scene,
+        AuxFootprint(),
+        out,
+        aux=aux,
+        aux_channels=1,
+        window=96,
+        overlap=24,
+        classes=ClassTable(("no aux", "aux"), ((0, 0, 0), (255, 0, 0))),
+        progress=False,
+    )
+    cls, _, _ = read(out)
+    # Independent footprint: reproject the aux validity onto the scene grid.
+    valid = np.zeros((240, 320), np.float32)
+    with rasterio.open(aux) as a, rasterio.open(scene) as sc:
+        reproject(
+            (a.read(1) != -9999).astype(np.float32),
+            valid,
+            src_transform=a.transform,
+            src_crs=a.crs,
+            dst_transform=sc.transform,
+            dst_crs=sc.crs,
+            resampling=Resampling.nearest,
+        )
+    assert 0.1 < cls.mean() < 0.9  # partial coverage
+    assert (cls == (valid > 0.5)).mean() > 0.97
+    assert s.counts[1] > 0 and s.counts[0] > 0
+
+
+def test_scene_nodata_becomes_output_nodata(tmp_path):
+    img = scene_array(200, 200)
+    img[:, :, :30] = 0
+    scene = write_raster(tmp_path / "s.tif", img, nodata=0)
+    out = tmp_path / "o.tif"
+    s = predict_scene(
+        scene,
+        Pixelwise(aux_channels=0),
+        out,
+        classes=ISPRS_CLASSES,
+        window=64,
+        overlap=16,
+        progress=False,
+    )
+    cls, _, _ = read(out)
+    assert np.all(cls[:, :30] == 255) and np.all(cls[:, 30:] < 6)
+    assert s.nodata_pixels == 200 * 30
+
+
+def test_scene_wide_aux_statistics_not_per_window(tmp_path):
+    scene = write_raster(tmp_path / "s.tif", scene_array(200, 260))
+    dsm = np.linspace(0, 100, 200 * 260, dtype=np.float32).reshape(200, 260)
+    dsm[:10] = -1
+    aux = write_raster(tmp_path / "d.tif", dsm, nodata=-1)
+    seen = []
+
+    class MinMax:
+        needs_aux_stats = True
+        ground_cell_px = None
+
+        def fit(self, stats):
+            self.lo, self.hi = stats.min[0], stats.max[0]
+
+        def __call__(self, image, aux, aux_valid, offset):
+            seen.append(offset)
+            return image, (aux - self.lo) / (self.hi - self.lo), aux_valid
+
+    norm = MinMax()
+    with pytest.warns(UserWarning, match="nDSM"):
+        s = predict_scene(
+            scene,
+            Pixelwise(),
+            tmp_path / "o.tif",
+            aux=aux,
+            normalize=norm,
+            classes=ISPRS_CLASSES,
+            window=64,
+            overlap=16,
+            train_patch_size=32,
+            progress=False,
+        )
+    assert norm.lo == pytest.approx(dsm[10:].min()) and norm.hi == pytest.approx(100.0)
+    assert s.aux_stats["count"] == 190 * 260
+    assert len(seen) == s.windows and (0, 0) in seen
+
+
+def test_uint16_for_many_classes(tmp_path):
+    scene = write_raster(tmp_path / "s.tif", scene_array(40, 50))
+    k = 300
+    table = ClassTable(tuple(f"c{i}" for i in range(k)), tuple((i % 256, 0, 0) for i in range(k)))
+    out = tmp_path / "o.tif"
+    predict_scene(
+        scene,
+        Pixelwise(k=k, aux_channels=0),
+        out,
+        classes=table,
+        window=32,
+        overlap=8,
+        progress=False,
+    )
+    with rasterio.open(out) as ds:
+        assert ds.dtypes[0] == "uint16" and ds.nodata == 65535
+        assert ds.read(1).max() < k
+
+
+def test_qml_and_rat_sidecars(tmp_path, scene):
+    out = tmp_path / "m.tif"
+    s = predict_scene(
+        scene,
+        Pixelwise(aux_channels=0),
+        out,
+        classes=ISPRS_CLASSES,
+        window=128,
+        overlap=32,
+        progress=False,
+    )
+    qml = ET.parse(out.with_suffix(".qml")).getroot()
+    renderer = qml.find("./pipe/rasterrenderer")
+    assert renderer.get("type") == "paletted" and renderer.get("band") == "1"
+    entries = renderer.findall("./colorPalette/paletteEntry")
+    assert [e.get("label") for e in entries] == list(ISPRS_CLASSES.names)
+    assert [e.get("value") for e in entries] == [str(i) for i in range(6)]
+    assert entries[1].get("color") == "#0000ff"
+    pam = ET.parse(f"{out}.aux.xml").getroot()
+    rat = pam.find("./PAMRasterBand/GDALRasterAttributeTable")
+    assert rat.get("tableType") == "thematic"
+    names = [f.findtext("Name") for f in rat.findall("FieldDefn")]
+    assert names == ["Value", "Class", "Red", "Green", "Blue", "Count"]
+    usages = [f.findtext("Usage") for f in rat.findall("FieldDefn")]
+    assert usages == ["5", "2", "6", "7", "8", "1"]
+    rows = [[c.text for c in r.findall("F")] for r in rat.findall("Row")]
+    assert [r[1] for r in rows] == list(ISPRS_CLASSES.names)
+    assert [int(r[5]) for r in rows] == s.counts
+    assert rows[1][2:5] == ["0", "0", "255"]
+
+
+def test_probabilities_and_vectors(tmp_path):
+    gpd = pytest.importorskip("geopandas")
+    scene = write_raster(tmp_path / "s.tif", scene_array(120, 150))
+    out, probs, vec = tmp_path / "m.tif", tmp_path / "p.tif", tmp_path / "v.gpkg"
+    s = predict_scene(
+        scene,
+        Pixelwise(aux_channels=0),
+        out,
+        classes=ISPRS_CLASSES,
+        window=64,
+        overlap=16,
+        probabilities=probs,
+        vectors=vec,
+        progress=False,
+    )
+    with rasterio.open(probs) as ds:
+        p = ds.read().astype(int)
+        assert ds.count == 6 and ds.dtypes[0] == "uint8"
+        assert ds.descriptions == ISPRS_CLASSES.names
+        assert ds.transform == rasterio.open(scene).transform
+    assert np.abs(p.sum(0) - 255).max() <= 4
+    frame = gpd.read_file(vec)
+    assert {"class_id", "class_name"} <= set(frame.columns)
+    assert frame.crs == rasterio.crs.CRS.from_string(CRS)
+    assert abs(frame.area.sum() - 120 * 150) < 1e-6
+    for cid, name in zip(frame.class_id, frame.class_name):
+        assert ISPRS_CLASSES.names[cid] == name
+    area = frame.assign(a=frame.area).groupby("class_id").a.sum()
+    for cid, a in area.items():
+        assert a == pytest.approx(s.counts[cid])
+
+
+# --------------------------------------------------------------------------- bad inputs
+def _listing(d):
+    return sorted(p.name for p in Path(d).iterdir())
+
+
+def test_not_georeferenced_scene(tmp_path):
+    bad = write_raster(
+        tmp_path / "plain.tif", scene_array(50, 50), crs=None, transform=rasterio.Affine.identity()
+    )
+    before = _listing(tmp_path)
+    with pytest.raises(PredictError, match=r"plain\.tif.*not georeferenced"):
+        predict_scene(bad, Constant(), tmp_path / "o.tif", classes=ISPRS_CLASSES, progress=False)
+    assert _listing(tmp_path) == before
+
+
+def test_corrupt_and_missing_files(tmp_path, scene):
+    junk = tmp_path / "junk.tif"
+    junk.write_bytes(b"II*\x00" + b"\x00garbage" * 50)
+    trunc = tmp_path / "trunc.tif"
+    trunc.write_bytes(scene.read_bytes()[: scene.stat().st_size // 2])
+    before = _listing(tmp_path)
+    for bad, msg in [
+        (junk, "junk.tif"),
+        (trunc, "trunc.tif"),
+        (tmp_path / "nope.tif", "not found"),
+    ]:
+        with pytest.raises(PredictError, match=msg):
+            predict_scene(
+                bad, Constant(), tmp_path / "o.tif", classes=ISPRS_CLASSES, progress=False
+            )
+        with pytest.raises(PredictError, match=msg):
+            predict_scene(
+                scene,
+                Pixelwise(),
+                tmp_path / "o.tif",
+                aux=bad,
+                classes=ISPRS_CLASSES,
+                progress=False,
+            )
+    assert _listing(tmp_path) == before
+
+
+def test_no_overlap_and_band_counts(tmp_path, scene):
+    far = write_raster(
+        tmp_path / "far.tif", np.ones((20, 20), np.float32), origin=(ORIGIN[0] + 10_000, ORIGIN[1])
+    )
+    two = write_raster(tmp_path / "two.tif", np.ones((2, 20, 20), np.float32))
+    before = _listing(tmp_path)
+    with pytest.raises(PredictError, match=r"far\.tif does not overlap"):
+        predict_scene(
+            scene, Pixelwise(), tmp_path / "o.tif", aux=far, classes=ISPRS_CLASSES, progress=False
+        )
+    with pytest.raises(PredictError, match=r"two\.tif has 2 band\(s\) but the model takes 1"):
+        predict_scene(
+            scene,
+            Pixelwise(),
+            tmp_path / "o.tif",
+            aux=two,
+            aux_channels=1,
+            classes=ISPRS_CLASSES,
+            progress=False,
+        )
+    with pytest.raises(PredictError, match=r"scene\.tif has 3 band\(s\) but the model takes 4"):
+        predict_scene(
+            scene,
+            Pixelwise(),
+            tmp_path / "o.tif",
+            expected_bands=4,
+            classes=ISPRS_CLASSES,
+            progress=False,
+        )
+    with pytest.raises(PredictError, match="outputs 6 classes but the class table has 2"):
+        predict_scene(
+            scene,
+            Pixelwise(),
+            tmp_path / "o.tif",
+            classes=ClassTable(("a", "b"), ((0, 0, 0), (1, 1, 1))),
+            progress=False,
+        )
+    assert _listing(tmp_path) == before
+
+
+def test_overwrite_and_stale_sidecars(tmp_path, scene):
+    out = tmp_path / "m.tif"
+    predict_scene(
+        scene, Constant(), out, classes=ISPRS_CLASSES, window=128, overlap=32, progress=False
+    )
+    out.with_suffix(".qml").write_text("stale")
+    Path(f"{out}.ovr").write_text("stale overviews")
+    with pytest.raises(PredictError, match=r"m\.tif exists"):
+        predict_scene(scene, Constant(), out, classes=ISPRS_CLASSES, progress=False)
+    assert out.with_suffix(".qml").read_text() == "stale"
+    predict_scene(
+        scene,
+        Pixelwise(aux_channels=0),
+        out,
+        classes=ISPRS_CLASSES,
+        window=128,
+        overlap=32,
+        overwrite=True,
+        progress=False,
+    )
+    assert "paletted" in out.with_suffix(".qml").read_text()
+    assert not Path(f"{out}.ovr").exists()
+    assert len(np.unique(read(out)[0])) > 1  # the new map, not the constant one
+
+
+def test_error_midway_leaves_nothing(tmp_path, scene):
+    class Fails(Pixelwise):
+        def forward(self, image, aux=None, aux_valid=None):
+            if self.calls >= 2:
+                raise RuntimeError("boom")
+            return super().forward(image, aux, aux_valid)
+
+    old = tmp_path / "m.tif"
+    old.write_bytes(b"previous map")
+    before = _listing(tmp_path)
+    with pytest.raises(RuntimeError, match="boom"):
+        predict_scene(
+            scene,
+            Fails(aux_channels=0),
+            old,
+            classes=ISPRS_CLASSES,
+            window=64,
+            overlap=16,
+            batch_size=2,
+            probabilities=tmp_path / "p.tif",
+            overwrite=True,
+            progress=False,
+        )
+    assert _listing(tmp_path) == before  # no temp file, no partial output
+    assert old.read_bytes() == b"previous map"  # the old output is untouched
+
+    def bad_norm(image, aux, aux_valid, offset):
+        raise ValueError("normaliser failed")
+
+    with pytest.raises(ValueError, match="normaliser failed"):
+        predict_scene(
+            scene,
+            Pixelwise(aux_channels=0),
+            tmp_path / "n.tif",
+            normalize=bad_norm,
+            classes=ISPRS_CLASSES,
+            progress=False,
+        )
+    assert _listing(tmp_path) == before
+
+
+def test_memory_does_not_grow_with_scene_height(tmp_path):
+    """Peak Python/numpy allocations are the same for a scene 4× taller."""
+    peaks = []
+    for h in (256, 1024):
+        scene = write_raster(tmp_path / f"s{h}.tif", scene_array(h, 256))
+        tracemalloc.start()
+        predict_scene(
+            scene,
+            Pixelwise(aux_channels=0),
+            tmp_path / f"o{h}.tif",
+            classes=ISPRS_CLASSES,
+            window=64,
+            overlap=16,
+            progress=False,
+        )
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    assert peaks[1] < 1.3 * peaks[0], peaks
+
+
+def test_reader_validity_and_alpha_is_not_a_mask(tmp_path):
+    img = np.concatenate([scene_array(30, 30), np.zeros((1, 30, 30), np.uint8)])
+    path = tmp_path / "rgbn.tif"
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        height=30,
+        width=30,
+        count=4,
+        dtype="uint8",
+        crs=CRS,
+        transform=from_origin(*ORIGIN, 1, 1),
+    ) as dst:  # alpha by default
+        dst.write(img)
+    with SceneReader(path) as r:
+        from rsprompt.inference.windows import Window
+
+        image, valid = r.read_scene(Window(0, 0, 30, 30))
+        assert image.shape == (4, 30, 30) and valid.all()
+
+
+def test_potsdam_crop_without_dsm(tmp_path, shared_data):
+    """Real Potsdam crop, no DSM: the aux-missing path; the map has the scene's grid."""
+    from rio_cogeo.cogeo import cog_validate
+
+    scenes = sorted((shared_data / "isprs/potsdam/derived").glob("*_img.tif"))
+    if not scenes:
+        pytest.skip("no Potsdam crop")
+    out = tmp_path / "potsdam.tif"
+    model = Pixelwise(aux_channels=1)
+    s = predict_scene(
+        scenes[0], model, out, classes=ISPRS_CLASSES, window=256, overlap=64, progress=False
+    )
+    with rasterio.open(scenes[0]) as src, rasterio.open(out) as ds:
+        assert (ds.crs, ds.transform, ds.shape) == (src.crs, src.transform, src.shape)
+        assert ds.colormap(1)[1][:3] == (0, 0, 255)
+    assert cog_validate(str(out))[0]
+    assert sum(s.counts) == 512 * 512
+    assert s.pixel_area_m2 == pytest.approx(0.05 * 0.05)
+
+
+def test_vaihingen_crop_is_not_georeferenced(tmp_path, shared_data):
+    scenes = sorted((shared_data / "isprs/vaihingen/derived").glob("*_img.tif"))
+    if not scenes:
+        pytest.skip("no Vaihingen crop")
+    with pytest.raises(PredictError, match=rf"{scenes[0].name} is not georeferenced"):
+        predict_scene(
+            scenes[0], Constant(), tmp_path / "v.tif", classes=ISPRS_CLASSES, progress=False
+        )
+    assert list(tmp_path.iterdir()) == []

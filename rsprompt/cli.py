@@ -55,3 +55,4 @@ def main() -> None:
 
 # Registered commands (keep alphabetical; one line each).
 _register("synth", "rsprompt.commands.synth", "synth", "Write synthetic optical + DSM/SAR scenes (or an official dataset layout).")
+_register("predict", "rsprompt.commands.predict", "predict", "Segment whole scenes into QGIS-ready class maps (COG + style).")

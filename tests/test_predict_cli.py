@@ -1,0 +1,245 @@
+"""`rsprompt predict` end to end: checkpoint → synthetic scenes → COG + sidecars."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from click.testing import CliRunner
+
+from rsprompt.cli import main
+from rsprompt.data.labels import ISPRS_CLASSES
+from rsprompt.models import registry
+from rsprompt.models.base import SegmentationModel
+
+ckpt_mod = pytest.importorskip("rsprompt.engine.checkpoint")
+normalize = pytest.importorskip("rsprompt.data.normalize")
+synthetic = pytest.importorskip("rsprompt.data.synthetic")
+
+METHOD = "inference-cli-tiny"
+
+
+class Tiny(SegmentationModel):
+    """Pixel-wise linear model on optical + DSM (DSM only where valid)."""
+
+    def __init__(self, num_classes: int, aux_channels: int) -> None:
+        super().__init__(METHOD, "none", num_classes, aux_channels)
+        self.head = torch.nn.Conv2d(3 + aux_channels, num_classes, 1)
+        self.freeze()
+
+    def forward(self, image, aux=None, aux_valid=None):
+        if aux is None:
+            aux = torch.zeros_like(image[:, : self.aux_channels])
+            aux_valid = torch.zeros_like(image[:, :1])
+        return self.head(torch.cat([image, aux * aux_valid], 1))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    registry.METHOD_MODULES[METHOD] = __name__
+    registry.register_method(METHOD)(lambda enc, k, a, weights=None, **kw: Tiny(k, a))
+    torch.manual_seed(0)
+    model = Tiny(6, 1)
+    with torch.no_grad():
+        model.head.weight.mul_(4)
+        model.head.weight[:, 3, 0, 0] = torch.linspace(-6, 6, 6)  # the DSM matters
+    norm = normalize.Normalization(normalize.OpticalNormalizer(), normalize.DSMNormalizer("minmax"))
+    meta = ckpt_mod.model_meta(
+        model,
+        weights=None,
+        classes=ISPRS_CLASSES.names,
+        colors=ISPRS_CLASSES.colors,
+        normalization=norm,
+        aux_kind="dsm",
+        patch_size=48,
+    )
+    path = tmp_path_factory.mktemp("ckpt") / "model.ckpt"
+    ckpt_mod.save_model_checkpoint(path, model, meta)
+    yield path
+    registry.METHOD_MODULES.pop(METHOD, None)
+    registry._BUILDERS.pop(METHOD, None)
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    """Two scenes, DSMs in another CRS and resolution with nodata border and partial coverage."""
+    root = tmp_path_factory.mktemp("scenes")
+    out = {}
+    for i, stem in enumerate(("north", "south")):
+        sc = synthetic.generate_scene("isprs", size=(150, 200), seed=i, resolution=0.1)
+        d = root / f"raw{i}"
+        paths = synthetic.write_scene(
+            sc,
+            d,
+            aux_crs="EPSG:32632",
+            aux_resolution=0.25,
+            aux_coverage=0.7,
+            aux_nodata_border=3,
+        )
+        shutil.copy(paths["image"], root / f"{stem}.tif")
+        shutil.copy(paths["dsm"], root / f"{stem}_dsm.tif")
+        out[stem] = root / f"{stem}.tif"
+    return root, out
+
+
+def run(*args):
+    return CliRunner().invoke(main, ["predict", *map(str, args)], catch_exceptions=False)
+
+
+def test_single_scene_with_dsm_on_another_grid(tmp_path, checkpoint, scenes):
+    from rio_cogeo.cogeo import cog_validate
+
+    root, sc = scenes
+    out = tmp_path / "map.tif"
+    res = run(
+        sc["north"],
+        "-m",
+        checkpoint,
+        "--dem",
+        root / "north_dsm.tif",
+        "-o",
+        out,
+        "--probabilities",
+        tmp_path / "p.tif",
+        "--vectors",
+        tmp_path / "v.gpkg",
+        "-q",
+        "--summary-json",
+        tmp_path / "s.json",
+    )
+    assert res.exit_code == 0, res.output
+    assert "impervious surfaces" in res.output and "MPix/s" in res.output and "m²" in res.output
+    with rasterio.open(sc["north"]) as src, rasterio.open(out) as ds:
+        assert (ds.crs, ds.transform, ds.shape) == (src.crs, src.transform, src.shape)
+        assert ds.colormap(1)[1][:3] == (0, 0, 255)
+        cls = ds.read(1)
+    assert cog_validate(str(out))[0]
+    assert cls.max() < 6 and len(np.unique(cls)) > 1
+    labels = [e.get("label") for e in ET.parse(tmp_path / "map.qml").iter("paletteEntry")]
+    assert labels == list(ISPRS_CLASSES.names)
+    assert (tmp_path / "map.tif.aux.xml").exists()
+    assert (tmp_path / "p.tif").exists() and (tmp_path / "v.gpkg").exists()
+    assert '"aux_stats"' in (tmp_path / "s.json").read_text()
+
+
+def test_several_scenes_with_pattern(tmp_path, checkpoint, scenes):
+    _, sc = scenes
+    res = run(
+        sc["north"],
+        sc["south"],
+        "-m",
+        checkpoint,
+        "--dem",
+        "{stem}_dsm.tif",
+        "--out-dir",
+        tmp_path / "maps",
+        "--window",
+        96,
+        "--overlap",
+        16,
+        "-q",
+    )
+    assert res.exit_code == 0, res.output
+    names = sorted(p.name for p in (tmp_path / "maps").iterdir())
+    assert names == sorted(
+        f"{s}_pred{ext}" for s in ("north", "south") for ext in (".qml", ".tif", ".tif.aux.xml")
+    )
+    a = rasterio.open(tmp_path / "maps" / "north_pred.tif").read(1)
+    b = rasterio.open(tmp_path / "maps" / "south_pred.tif").read(1)
+    assert not np.array_equal(a, b)
+    # same output for every scene: refused
+    res = run(sc["north"], sc["south"], "-m", checkpoint, "-o", tmp_path / "one.tif")
+    assert res.exit_code != 0 and "same file for every scene" in res.output
+
+
+def test_overwrite_flag(tmp_path, checkpoint, scenes):
+    _, sc = scenes
+    out = tmp_path / "m.tif"
+    assert run(sc["south"], "-m", checkpoint, "-o", out, "-q").exit_code == 0
+    first = out.stat().st_mtime_ns
+    res = run(sc["south"], "-m", checkpoint, "-o", out, "-q")
+    assert res.exit_code == 1 and "exists" in res.output and "--overwrite" in res.output
+    assert out.stat().st_mtime_ns == first
+    assert run(sc["south"], "-m", checkpoint, "-o", out, "-q", "--overwrite").exit_code == 0
+
+
+def test_bad_inputs_write_nothing(tmp_path, checkpoint, scenes):
+    root, sc = scenes
+    plain = tmp_path / "plain.tif"
+    warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+    with rasterio.open(sc["north"]) as src:
+        data = src.read()
+    with rasterio.open(
+        plain,
+        "w",
+        driver="GTiff",
+        width=data.shape[2],
+        height=data.shape[1],
+        count=3,
+        dtype="uint8",
+    ) as dst:
+        dst.write(data)
+    out_dir = tmp_path / "maps"
+    # the second scene is bad: the first is not written either
+    res = run(sc["north"], plain, "-m", checkpoint, "--out-dir", out_dir, "-q")
+    assert res.exit_code == 1
+    assert "plain.tif is not georeferenced" in res.output and "Traceback" not in res.output
+    assert list(out_dir.iterdir()) == []
+    res = run(
+        sc["north"], "-m", checkpoint, "--sar", root / "north_dsm.tif", "-o", tmp_path / "x.tif"
+    )
+    assert res.exit_code == 1 and "trained with DSM" in res.output
+    res = run(
+        sc["north"], "-m", checkpoint, "--dem", tmp_path / "missing.tif", "-o", tmp_path / "x.tif"
+    )
+    assert res.exit_code == 1 and "missing.tif: file not found" in res.output
+    res = run(sc["north"], "-m", tmp_path / "nope.ckpt", "-o", tmp_path / "x.tif")
+    assert res.exit_code == 1 and "nope.ckpt" in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["maps", "plain.tif"]
+
+
+def test_scene_wide_minmax_warning(tmp_path, checkpoint, scenes):
+    root, sc = scenes
+    res = CliRunner().invoke(
+        main,
+        [
+            "predict",
+            str(sc["north"]),
+            "-m",
+            str(checkpoint),
+            "--dem",
+            str(root / "north_dsm.tif"),
+            "-o",
+            str(tmp_path / "m.tif"),
+            "-q",
+        ],
+    )
+    assert res.exit_code == 0
+    assert "nDSM" in res.output  # 200 px scene vs 48 px training tiles
+
+
+def test_vaihingen_crop_errors_cleanly(tmp_path, checkpoint, shared_data):
+    crops = sorted((shared_data / "isprs/vaihingen/derived").glob("*_img.tif"))
+    if not crops:
+        pytest.skip("no Vaihingen crop")
+    res = run(crops[0], "-m", checkpoint, "-o", tmp_path / "v.tif")
+    assert res.exit_code == 1 and f"{crops[0].name} is not georeferenced" in res.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_potsdam_crop_aux_missing(tmp_path, checkpoint, shared_data):
+    crops = sorted((shared_data / "isprs/potsdam/derived").glob("*_img.tif"))
+    if not crops:
+        pytest.skip("no Potsdam crop")
+    out = tmp_path / "p.tif"
+    res = run(crops[0], "-m", checkpoint, "-o", out, "-q", "--window", 256)
+    assert res.exit_code == 0, res.output
+    with rasterio.open(crops[0]) as src, rasterio.open(out) as ds:
+        assert (ds.crs, ds.transform, ds.shape) == (src.crs, src.transform, src.shape)
+    assert Path(f"{out}.aux.xml").exists()

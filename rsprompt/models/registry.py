@@ -13,7 +13,9 @@ from typing import Any
 from rsprompt.models.base import SegmentationModel
 
 #: method name -> module that registers it.
-METHOD_MODULES: dict[str, str] = {}
+METHOD_MODULES: dict[str, str] = {
+    "rpn": "rsprompt.models.methods.rpn",
+}
 
 #: Aux channels each method builds with when none are given (its paper configuration).
 DEFAULT_AUX_CHANNELS: dict[str, int] = {"mobanet": 1, "dplnet": 1, "gopt": 3, "spm": 1, "rpn": 0}

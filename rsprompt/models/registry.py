@@ -15,6 +15,7 @@ from rsprompt.models.base import SegmentationModel
 #: method name -> module that registers it.
 METHOD_MODULES: dict[str, str] = {
     "rpn": "rsprompt.models.methods.rpn",
+    "gopt": "rsprompt.models.methods.gopt",
 }
 
 #: Aux channels each method builds with when none are given (its paper configuration).

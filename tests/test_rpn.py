@@ -355,3 +355,73 @@ def test_short_training_learns_on_synthetic_scenes():
     miou = float(iou_per_class(confusion_matrix(pred, y_val, 4)).nanmean())
     assert miou > 0.6, miou  # chance (uniform random prediction) is about 1/7; measured 0.85
     assert elapsed < 20, elapsed
+
+
+def test_embeddings_cached_under_inference_mode_still_train():
+    model = build_model("rpn", TINY, 2, img_size=64, class_names=["tree", "car"])
+    model.eval()
+    with torch.inference_mode():
+        model(_image(1))  # validation first: the vocabulary's embeddings get cached here
+    model.train()
+    out = model(_image(1))
+    model.compute_loss(out, torch.randint(0, 2, (1, 64, 64)))["loss"].backward()
+    assert model.vpt.grad is not None
+
+
+def test_config_round_trip_with_adapter_state(tmp_path):
+    import json
+
+    import open_clip
+
+    from rsprompt.models.encoders.clip import register_tiny_configs
+    from rsprompt.models.methods.rpn import rpn_from_config
+
+    register_tiny_configs()
+    torch.manual_seed(1)
+    path = tmp_path / "clip.pt"
+    torch.save(open_clip.create_model(TINY, force_quick_gelu=True).state_dict(), path)
+    names = ["building", "tree", "car"]
+    model = build_model(
+        "rpn", TINY, 3, img_size=64, class_names=names, aux_channels=1, weights=str(path)
+    )
+    model.set_seen_classes(["building", "tree"])
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.01 * torch.randn_like(p))
+    cfg = json.loads(json.dumps(model.config()))  # a checkpoint stores plain JSON
+    torch.manual_seed(2)
+    clone = rpn_from_config(cfg, weights=str(path))
+    clone.load_adapter_state_dict(model.adapter_state_dict())
+    assert clone.seen_classes == ["building", "tree"] and clone.class_names == names
+    x, aux = _image(1), torch.randn(1, 1, 64, 64)
+    aux[..., :8] = float("nan")  # non-finite aux pixels count as missing
+    model.eval()
+    clone.eval()
+    with torch.no_grad():
+        a, b = model(x, aux), clone(x, aux)
+    assert torch.isfinite(a).all() and a.shape == (1, 3, 64, 64)
+    assert torch.allclose(a, b, atol=1e-6)
+    other = tmp_path / "other.pt"
+    torch.save(open_clip.create_model(TINY, force_quick_gelu=True).state_dict(), other)
+    with pytest.raises(ValueError, match="differ"):
+        rpn_from_config(cfg, weights=str(other))
+
+
+def test_info_command_reports_the_paper_counts():
+    """`rsprompt info --method rpn --encoder ViT-B-16 --num-classes 15 --aux-channels 0 --json`."""
+    import json
+
+    from click.testing import CliRunner
+
+    from rsprompt.cli import COMMANDS, main
+
+    if "info" not in COMMANDS:
+        pytest.skip("the info command is not registered yet")
+    args = ["info", "--method", "rpn", "--encoder", "ViT-B-16", "--num-classes", "15"]
+    result = CliRunner().invoke(main, [*args, "--aux-channels", "0", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    assert report["trainable"] == 2_522_880
+    assert report["modules"]["relation_h"] == 786_432
+    assert abs(report["frozen"] - 150_256_640) <= 0.001 * 150_256_640

@@ -167,6 +167,14 @@ class TextEmbeddingCache:
             self._cache[key] = self._compute(key)
         return self._cache[key]
 
+    def get(self, names: Sequence[str], device: torch.device | str | None = None) -> Tensor:
+        """Like calling the cache, but keep (and return) the embeddings on ``device``."""
+        emb = self(names)
+        if device is not None and emb.device != torch.device(device):
+            emb = emb.to(device)
+            self._cache[tuple(str(n) for n in names)] = emb
+        return emb
+
     def _compute(self, names: tuple[str, ...]) -> Tensor:
         sentences: list[str] = []
         counts: list[int] = []
@@ -174,9 +182,10 @@ class TextEmbeddingCache:
             prompts = prompts_for_class(name, self.templates, self.synonyms)
             sentences.extend(prompts)
             counts.append(len(prompts))
-        with torch.no_grad():
+        # Never cache inference-mode tensors: they could not be used in a later training step.
+        with torch.inference_mode(False), torch.no_grad():
             features = self.encode(sentences).float()
-        self.encoder_calls += 1
-        features = torch.nn.functional.normalize(features, dim=-1)
-        per_class = [chunk.mean(dim=0) for chunk in torch.split(features, counts)]
-        return torch.nn.functional.normalize(torch.stack(per_class), dim=-1)
+            self.encoder_calls += 1
+            features = torch.nn.functional.normalize(features, dim=-1)
+            per_class = [chunk.mean(dim=0) for chunk in torch.split(features, counts)]
+            return torch.nn.functional.normalize(torch.stack(per_class), dim=-1)

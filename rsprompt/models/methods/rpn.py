@@ -354,7 +354,8 @@ class RPN(SegmentationModel):
     def text_embeddings(self, class_names: Sequence[str] | None = None) -> Tensor:
         """``C×E`` L2-normalised class embeddings of a vocabulary (cached per vocabulary)."""
         names = self.class_names if class_names is None else list(class_names)
-        return self.text_cache(names)
+        device = self.text_encoder.token_embedding.weight.device
+        return self.text_cache.get(names, device if device.type != "meta" else None)
 
     # ------------------------------------------------------------------ forward
     def _relation_h(self, grid: tuple[int, int]) -> Tensor:
@@ -390,8 +391,8 @@ class RPN(SegmentationModel):
                 f"aux has {aux.shape[1]} channels, this model was built for {self.aux_channels}"
             )
         if aux_valid is None:
-            aux_valid = aux.new_ones(aux.shape[0], 1, *aux.shape[-2:])
-        aux = torch.nan_to_num(aux)
+            aux_valid = torch.isfinite(aux).all(dim=1, keepdim=True)
+        aux = torch.nan_to_num(aux, nan=0.0, posinf=0.0, neginf=0.0)
         return self.aux_stem(aux, aux_valid.to(aux.dtype))
 
     def forward_logits(
@@ -499,6 +500,7 @@ class RPN(SegmentationModel):
             "synonyms": None if self.synonyms is None else dict(self.synonyms),
             "resample_h": self.resample_h,
             "dropout": self.dropout_p,
+            "aux_grid": self.aux_stem.grid if self.aux_stem is not None else 4,
             "focal_weight": self.focal_weight,
             "dice_weight": self.dice_weight,
             "mean": list(self.mean),
@@ -506,6 +508,45 @@ class RPN(SegmentationModel):
             "output": "scores",
             "lr_multipliers": dict(self.lr_multipliers),
         }
+
+
+def rpn_from_config(
+    config: dict[str, Any], weights: str | None = None, device: str | None = None
+) -> RPN:
+    """Rebuild an :class:`RPN` from :meth:`RPN.config` (then load its adapter state dict).
+
+    Args:
+        config: A dict saved by :meth:`RPN.config`.
+        weights: Local CLIP weights file (the config records only its name and SHA-256).
+        device: Build device.
+    """
+    model = RPN(
+        config["encoder"],
+        len(config["class_names"]),
+        config.get("aux_channels", 0),
+        weights=weights,
+        class_names=config["class_names"],
+        img_size=config["img_size"],
+        vpt_tokens=config["vpt_tokens"],
+        quick_gelu=config["quick_gelu"],
+        seen_classes=config.get("seen_classes"),
+        calibration=config.get("calibration", 0.1),
+        templates=config.get("templates"),
+        synonyms=config.get("synonyms"),
+        resample_h=config.get("resample_h", True),
+        dropout=config.get("dropout", 0.1),
+        aux_grid=config.get("aux_grid", 4),
+        focal_weight=config.get("focal_weight", 100.0),
+        dice_weight=config.get("dice_weight", 1.0),
+        device=device,
+    )
+    sha = config.get("clip", {}).get("weights_sha256")
+    if weights is not None and sha and model.spec.weights_sha256 != sha:
+        raise ValueError(
+            f"CLIP weights {weights} (sha256 {model.spec.weights_sha256[:12]}…) differ from the "
+            f"ones this model was trained with (sha256 {sha[:12]}…)"
+        )
+    return model
 
 
 @register_method("rpn")

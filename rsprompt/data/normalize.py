@@ -161,13 +161,17 @@ class OpticalNormalizer:
             raise ValueError(f"band selection {self.bands} needs more than {x.shape[0]} bands")
         return x[list(self.bands)]
 
-    def apply(self, image: Array) -> Array:
+    def apply(self, image: Array, selected: bool = False) -> Array:
         """Normalise a raw ``C×H×W`` optical array (NaN → 0 after normalisation).
+
+        Args:
+            image: Raw optical values, all bands of the file.
+            selected: ``image`` already holds only the selected bands (in order).
 
         Raises:
             ValueError: If the number of mean/std values does not match the bands.
         """
-        x = self.select(_as_chw(image))
+        x = _as_chw(image) if selected else self.select(_as_chw(image))
         c = x.shape[0]
         if len(self.mean) not in (1, c) or len(self.std) not in (1, c):
             raise ValueError(f"{len(self.mean)} mean / {len(self.std)} std values for {c} bands")

@@ -1,0 +1,213 @@
+"""Raster reading helpers shared by the datasets: grids, georeferencing fallbacks, windowed reads.
+
+Files are always read *without alpha semantics*: a 4-band uint8 GeoTIFF whose 4th band is flagged
+as alpha (rasterio's default when writing RGBA-like files) has its NIR read as data, so a NIR of 0
+never turns a pixel into "no data". Plain ``DatasetReader.read`` with a window (no ``masked``, no
+``boundless``) and numpy-to-numpy :func:`rasterio.warp.reproject` guarantee that.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyproj
+import rasterio
+import rasterio.warp
+from rasterio.enums import Resampling
+from rasterio.errors import NotGeoreferencedWarning
+from rasterio.transform import Affine, array_bounds
+from rasterio.windows import Window
+
+#: CRS given to rasters that carry none (ISPRS Vaihingen; world files carry no CRS either). An
+#: engineering (local) CRS in metres: it claims no place on Earth.
+LOCAL_CRS = pyproj.CRS.from_wkt(
+    'ENGCRS["rsprompt local grid (no georeferencing)",EDATUM["unknown"],CS[Cartesian,2],'
+    'AXIS["easting (E)",east,ORDER[1],LENGTHUNIT["metre",1]],'
+    'AXIS["northing (N)",north,ORDER[2],LENGTHUNIT["metre",1]]]'
+)
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """What a file says about itself.
+
+    Attributes:
+        path: File path.
+        width: Columns.
+        height: Rows.
+        count: Bands.
+        dtype: numpy dtype name of band 1.
+        crs: Its CRS (``None`` when absent).
+        transform: Its transform (``None`` when identity/absent, a world file counts).
+        nodata: Its nodata value.
+    """
+
+    path: Path
+    width: int
+    height: int
+    count: int
+    dtype: str
+    crs: pyproj.CRS | None
+    transform: Affine | None
+    nodata: float | None
+
+    @property
+    def georeferenced(self) -> bool:
+        """True when the file has both a CRS and a non-identity transform."""
+        return self.crs is not None and self.transform is not None
+
+
+def raster_info(path: str | Path) -> RasterInfo:
+    """Read the header of a raster (size, bands, dtype, CRS, transform, nodata).
+
+    Raises:
+        rasterio.errors.RasterioIOError: If the file cannot be opened.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path) as src:
+            t = src.transform
+            transform = None if (t is None or t.is_identity) else t
+            crs = None if src.crs is None else pyproj.CRS.from_user_input(src.crs)
+            return RasterInfo(
+                Path(path),
+                src.width,
+                src.height,
+                src.count,
+                src.dtypes[0],
+                crs,
+                transform,
+                src.nodata,
+            )
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A pixel grid: CRS, transform and size.
+
+    Attributes:
+        crs: Coordinate reference system.
+        transform: Affine transform (north-up).
+        width: Columns.
+        height: Rows.
+    """
+
+    crs: pyproj.CRS
+    transform: Affine
+    width: int
+    height: int
+
+    @property
+    def res(self) -> tuple[float, float]:
+        """Pixel size ``(x, y)`` in CRS units."""
+        return (abs(self.transform.a), abs(self.transform.e))
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """``(xmin, ymin, xmax, ymax)``."""
+        west, south, east, north = array_bounds(self.height, self.width, self.transform)
+        return (min(west, east), min(south, north), max(west, east), max(south, north))
+
+
+def open_quiet(path: str | Path) -> rasterio.io.DatasetReader:
+    """Open a raster without the not-georeferenced warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        return rasterio.open(path)
+
+
+def _aligned_offset(src: Grid, dst: Grid) -> tuple[int, int] | None:
+    """``(row, col)`` of ``dst``'s origin in ``src``'s pixels when the grids align, else None."""
+    if src.crs != dst.crs:
+        return None
+    a, b = src.transform, dst.transform
+    if a.b or a.d or b.b or b.d:
+        return None
+    if not (math.isclose(a.a, b.a, rel_tol=1e-6) and math.isclose(a.e, b.e, rel_tol=1e-6)):
+        return None
+    col = (b.c - a.c) / a.a
+    row = (b.f - a.f) / a.e
+    rc, cc = round(row), round(col)
+    if abs(row - rc) > 1e-3 or abs(col - cc) > 1e-3:
+        return None
+    return rc, cc
+
+
+def read_on_grid(
+    src: rasterio.io.DatasetReader,
+    src_grid: Grid,
+    dst: Grid,
+    indexes: list[int] | None = None,
+    resampling: Resampling = Resampling.nearest,
+    fill: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``src`` (georeferenced by ``src_grid``, whatever the file says) onto ``dst``.
+
+    Aligned grids are read with a plain window (the fast path, no resampling); other grids are
+    warped numpy-to-numpy from the covering source window.
+
+    Args:
+        src: Open raster.
+        src_grid: Grid to use for ``src`` (its own, or one assigned to it).
+        dst: Output grid.
+        indexes: 1-based bands to read (default all).
+        resampling: Resampling used when warping.
+        fill: Value of output pixels outside ``src``.
+
+    Returns:
+        ``(data, covered)``: ``C×H×W`` array in the source dtype promoted to hold ``fill``, and an
+        ``H×W`` bool array of the pixels the source covers.
+    """
+    indexes = indexes or list(range(1, src.count + 1))
+    dtype = np.result_type(np.dtype(src.dtypes[indexes[0] - 1]), np.min_scalar_type(fill))
+    out = np.full((len(indexes), dst.height, dst.width), fill, dtype=dtype)
+    covered = np.zeros((dst.height, dst.width), bool)
+    off = _aligned_offset(src_grid, dst)
+    if off is not None:
+        r0, c0 = off
+        sr0, sc0 = max(0, r0), max(0, c0)
+        sr1 = min(src.height, src_grid.height, r0 + dst.height)
+        sc1 = min(src.width, src_grid.width, c0 + dst.width)
+        if sr1 > sr0 and sc1 > sc0:
+            win = Window(sc0, sr0, sc1 - sc0, sr1 - sr0)
+            data = src.read(indexes, window=win)
+            out[:, sr0 - r0 : sr1 - r0, sc0 - c0 : sc1 - c0] = data
+            covered[sr0 - r0 : sr1 - r0, sc0 - c0 : sc1 - c0] = True
+        return out, covered
+    # General case: read the covering source window and warp it onto dst.
+    left, bottom, right, top = rasterio.warp.transform_bounds(dst.crs, src_grid.crs, *dst.bounds)
+    inv = ~src_grid.transform
+    cols, rows = zip(
+        *(inv * (x, y) for x, y in ((left, top), (right, top), (left, bottom), (right, bottom)))
+    )
+    sc0 = max(0, math.floor(min(cols)) - 2)
+    sr0 = max(0, math.floor(min(rows)) - 2)
+    sc1 = min(src.width, math.ceil(max(cols)) + 2)
+    sr1 = min(src.height, math.ceil(max(rows)) + 2)
+    if sr1 <= sr0 or sc1 <= sc0:
+        return out, covered
+    win = Window(sc0, sr0, sc1 - sc0, sr1 - sr0)
+    data = src.read(indexes, window=win).astype(np.float32)
+    win_transform = src_grid.transform * Affine.translation(sc0, sr0)
+    dest = np.full((len(indexes), dst.height, dst.width), np.nan, np.float32)
+    rasterio.warp.reproject(
+        data,
+        dest,
+        src_transform=win_transform,
+        src_crs=src_grid.crs,
+        dst_transform=dst.transform,
+        dst_crs=dst.crs,
+        src_nodata=np.nan,
+        dst_nodata=np.nan,
+        resampling=resampling,
+    )
+    covered = np.isfinite(dest).all(axis=0)
+    if np.issubdtype(out.dtype, np.integer):
+        out[:, covered] = np.rint(dest[:, covered]).astype(out.dtype)
+    else:
+        out[:, covered] = dest[:, covered]
+    return out, covered

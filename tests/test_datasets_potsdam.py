@@ -1,0 +1,155 @@
+import importlib.util
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyproj
+import pytest
+import rasterio
+from torchgeo.samplers import RandomPatchSampler
+
+from rsprompt.data.datasets import Potsdam, find_tiles
+from rsprompt.data.labels import IGNORE_INDEX, decode_isprs_rgb
+
+HERE = Path(__file__).parent
+
+
+def load_make(name):
+    spec = importlib.util.spec_from_file_location(f"make_{name}", HERE / "data" / name / "make.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def potsdam(tmp_path_factory):
+    root = tmp_path_factory.mktemp("potsdam")
+    return root, load_make("potsdam").make(
+        root, off_palette={"2_11": {(255, 255, 0): (252, 255, 0)}}
+    )
+
+
+def read(path, window=None):
+    with rasterio.open(path) as src:
+        return src.read(window=window)
+
+
+def test_layout_splits_and_mobanet_variant(potsdam):
+    root, _ = potsdam
+    found = find_tiles("potsdam", root)
+    assert list(found) == ["2_10", "2_11", "2_13", "7_10", "7_11"]
+    assert {"image:RGB", "image:IRRG", "image:RGBIR", "aux", "ndsm", "label:full"} <= set(
+        found["2_10"]
+    )
+    assert found["2_10"]["aux"].name == "dsm_potsdam_02_10.tif"
+    assert Potsdam(root, "train").tile_names() == ["2_10", "2_11", "7_10"]
+    assert Potsdam(root, "train", variant="mobanet").tile_names() == ["2_10", "2_11"]
+    assert Potsdam(root, "val").tile_names() == ["7_11"]
+    assert Potsdam(root, "test").tile_names() == ["2_13"]
+
+
+@pytest.mark.parametrize(("optical", "bands"), [("RGB", 3), ("IRRG", 3), ("RGBIR", 4)])
+def test_georeferenced_patches_match_the_files(potsdam, optical, bands):
+    root, _ = potsdam
+    ds = Potsdam(root, "train", optical=optical)
+    assert ds.crs == pyproj.CRS.from_epsg(32633) and ds.res == pytest.approx((0.05, 0.05))
+    assert {g.source for g in ds.grids} == {"georeferenced"}
+    for sl in RandomPatchSampler(ds, size=32, length=6, generator=3):
+        sample = ds[sl]
+        hits = [
+            (t, g.image)
+            for t, g in zip(ds.tiles, ds.grids)
+            if g.image.bounds[0] <= sl[0].start < g.image.bounds[2]
+            and g.image.bounds[1] < sl[1].stop <= g.image.bounds[3]
+        ]
+        tile, grid = hits[0]
+        col = round((sl[0].start - grid.transform.c) / 0.05)
+        row = round((grid.transform.f - sl[1].stop) / 0.05)
+        if col + 32 > grid.width or row + 32 > grid.height:
+            continue  # the patch straddles two adjacent tiles: checked below
+        win = rasterio.windows.Window(col, row, 32, 32)
+        assert sample["image"].shape == (bands, 32, 32)
+        np.testing.assert_array_equal(sample["image"].numpy(), read(tile.image, win))
+        np.testing.assert_array_equal(sample["aux"].numpy(), read(tile.aux, win))
+        np.testing.assert_array_equal(
+            sample["mask"].numpy(), decode_isprs_rgb(read(tile.label, win))
+        )
+
+
+def test_window_across_adjacent_tiles_is_mosaicked(potsdam):
+    root, paths = potsdam
+    ds = Potsdam(root, tiles=["2_10", "2_11"])  # 2_11 lies directly south of 2_10
+    g10 = ds.grids[0].image
+    x0 = g10.transform.c
+    y_split = g10.bounds[1]
+    sample = ds[x0 : x0 + 32 * 0.05, y_split - 16 * 0.05 : y_split + 16 * 0.05]
+    top = read(paths["2_10"]["dsm"])[:, -16:, :32]
+    bottom = read(paths["2_11"]["dsm"])[:, :16, :32]
+    np.testing.assert_allclose(sample["aux"].numpy(), np.concatenate([top, bottom], axis=1))
+    assert sample["aux_valid"].all()
+
+
+def test_off_palette_cars_decode_within_tolerance(potsdam, caplog):
+    root, paths = potsdam
+    raw = read(paths["2_11"]["label"])
+    off = np.all(raw == np.array([252, 255, 0], np.uint8)[:, None, None], axis=0)
+    assert off.any()
+    ds = Potsdam(root, tiles=["2_11"])
+    with caplog.at_level(logging.WARNING):
+        mask = ds.read_tile("2_11")["mask"]
+    assert (mask[off] == 4).all()  # car
+    assert ds.unmatched == {} and "match no class colour" not in caplog.text
+
+
+def test_eroded_and_flat_labels(tmp_path):
+    load_make("potsdam").make(tmp_path, tiles=("2_10",), labels_flat=True)
+    assert (tmp_path / "top_potsdam_2_10_label.tif").is_file()
+    full = Potsdam(tmp_path, tiles=["2_10"]).read_tile("2_10")["mask"]
+    eroded = Potsdam(tmp_path, tiles=["2_10"], labels="eroded").read_tile("2_10")["mask"]
+    assert (eroded == IGNORE_INDEX).sum() > (full == IGNORE_INDEX).sum() == 0
+
+
+def test_label_without_georeferencing_takes_the_image_grid(tmp_path):
+    paths = load_make("potsdam").make(tmp_path, tiles=("2_10",))
+    label = paths["2_10"]["label"]
+    data = read(label)
+    label.unlink()
+    with rasterio.open(
+        label,
+        "w",
+        driver="GTiff",
+        width=data.shape[2],
+        height=data.shape[1],
+        count=3,
+        dtype="uint8",
+    ) as dst:
+        dst.write(data)
+    tile = Potsdam(tmp_path, tiles=["2_10"]).read_tile("2_10")
+    np.testing.assert_array_equal(tile["mask"], decode_isprs_rgb(data))
+
+
+def test_real_potsdam_crop_labels(shared_data, tmp_path):
+    """The real 2_10 crop (EPSG:32633 grid) read as an official tile decodes to its index file."""
+    from PIL import Image
+
+    derived = shared_data / "isprs" / "potsdam" / "derived"
+    for d in ("2_Ortho_RGB", "1_DSM", "5_Labels_all_noBoundary"):
+        (tmp_path / d).mkdir()
+    shutil.copy(
+        derived / "2_10_0_0_512_512_img.tif", tmp_path / "2_Ortho_RGB" / "top_potsdam_2_10_RGB.tif"
+    )
+    shutil.copy(
+        derived / "2_10_0_0_512_512_label_isprs_rgb_noBoundary.tif",
+        tmp_path / "5_Labels_all_noBoundary" / "top_potsdam_2_10_label_noBoundary.tif",
+    )
+    with rasterio.open(derived / "2_10_0_0_512_512_img.tif") as src:
+        profile = {**src.profile, "count": 1, "dtype": "float32"}
+    with rasterio.open(tmp_path / "1_DSM" / "dsm_potsdam_02_10.tif", "w", **profile) as dst:
+        dst.write(np.full((1, 512, 512), 35.0, np.float32))
+    ds = Potsdam(tmp_path, tiles=["2_10"], labels="eroded")
+    assert ds.grids[0].source == "georeferenced"
+    tile = ds.read_tile("2_10")
+    expected = np.asarray(Image.open(derived / "2_10_0_0_512_512_label_idx0-5_ignore255.png"))
+    np.testing.assert_array_equal(tile["mask"], expected)
+    assert tile["transform"].c == pytest.approx(366976.5)

@@ -408,6 +408,7 @@ def test_config_round_trip_with_adapter_state(tmp_path):
         rpn_from_config(cfg, weights=str(other))
 
 
+@pytest.mark.slow  # the same counts are checked by test_paper_configuration_counts_on_meta
 def test_info_command_reports_the_paper_counts():
     """`rsprompt info --method rpn --encoder ViT-B-16 --num-classes 15 --aux-channels 0 --json`."""
     import json
@@ -425,3 +426,33 @@ def test_info_command_reports_the_paper_counts():
     assert report["trainable"] == 2_522_880
     assert report["modules"]["relation_h"] == 786_432
     assert abs(report["frozen"] - 150_256_640) <= 0.001 * 150_256_640
+
+
+def test_seen_classes_follow_the_training_vocabulary():
+    names = ["building", "tree", "car", "water"]
+    model = build_model("rpn", TINY, 4, img_size=64, class_names=names)
+    assert model.seen_classes == names  # before training: the build vocabulary
+    model.train()
+    model.set_vocabulary(["building", "tree"])  # zero-shot training: seen names only
+    model(_image(1))
+    assert model.seen_classes == ["building", "tree"]
+    model(_image(1), class_names=["tree", "car"])
+    assert model.seen_classes == ["building", "tree", "car"]
+    model.eval()
+    model.set_vocabulary(names)  # test: all names; calibration on the seen ones
+    assert model.seen_mask().tolist() == [True, True, True, False]
+    model(_image(1))
+    assert model.seen_classes == ["building", "tree", "car"]  # eval forwards do not record
+    model.set_seen_classes(["water"])
+    model.train()
+    model(_image(1))
+    assert model.seen_classes == ["water"]  # explicit seen classes are kept
+
+
+def test_encoder_seed_makes_the_random_towers_reproducible():
+    a = build_model("rpn", TINY, 2, img_size=64, encoder_seed=5)
+    b = build_model("rpn", TINY, 2, img_size=64, encoder_seed=5)
+    c = build_model("rpn", TINY, 2, img_size=64, encoder_seed=6)
+    w = [m.image_encoder.conv1.weight for m in (a, b, c)]
+    assert torch.equal(w[0], w[1]) and not torch.equal(w[0], w[2])
+    assert a.config()["encoder_seed"] == 5

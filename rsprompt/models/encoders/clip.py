@@ -215,6 +215,7 @@ def build_clip(
     weights: str | Path | None = None,
     quick_gelu: bool | None = None,
     device: str | torch.device | None = None,
+    seed: int | None = 0,
 ) -> tuple[nn.Module, ClipTextTower, ClipSpec]:
     """Build frozen open_clip image and text towers.
 
@@ -230,6 +231,8 @@ def build_clip(
         quick_gelu: Use QuickGELU; ``None`` = :func:`default_quick_gelu`. The name suffix
             ``-quickgelu`` always means True.
         device: ``None`` (CPU), a device, or ``"meta"`` (shapes only, no memory; no weights).
+        seed: Seed of the random init (without weights; the caller's RNG state is restored);
+            ``None`` = the global RNG.
 
     Returns:
         ``(image_tower, text_tower, spec)``; both towers frozen (``requires_grad=False``, eval).
@@ -263,7 +266,10 @@ def build_clip(
     if img_size is not None:
         kwargs["force_image_size"] = int(img_size)
     if weights_path is None:
-        model = open_clip.create_model(name, pretrained=None, pretrained_text=False, **kwargs)
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            model = open_clip.create_model(name, pretrained=None, pretrained_text=False, **kwargs)
     else:
         try:
             model = open_clip.create_model(name, pretrained=str(weights_path), **kwargs)

@@ -219,8 +219,9 @@ class RPN(SegmentationModel):
         img_size: Crop size; fixes ``N = (img_size/patch)²`` rows of ``h`` (paper 512 → 1024).
         vpt_tokens: Deep VPT tokens per block ``T`` (10; 100 for large vocabularies).
         quick_gelu: QuickGELU in the towers (``None`` = True for OpenAI-style names).
-        seen_classes: Names whose scores get the calibration subtracted at inference (``None`` =
-            the build vocabulary, i.e. the training classes).
+        seen_classes: Names whose scores get the calibration subtracted at inference. ``None`` =
+            the vocabularies of the training forwards, recorded automatically (the build
+            vocabulary until the first training forward).
         calibration: Amount subtracted from seen-class scores (0.1; 0 disables).
         templates: Prompt templates (``None`` = remote-sensing templates).
         synonyms: Synonym table (``None`` = land-cover synonyms; ``{}`` = none).
@@ -230,6 +231,7 @@ class RPN(SegmentationModel):
         focal_weight: Weight of the focal loss (100).
         dice_weight: Weight of the dice loss (1).
         device: ``None``/``"cpu"``/``"cuda"``… or ``"meta"`` (shapes only, e.g. for ``info``).
+        encoder_seed: Seed of the random CLIP init when ``weights`` is ``None``.
     """
 
     frozen_modules: ClassVar[tuple[str, ...]] = ("image_encoder", "text_encoder")
@@ -264,6 +266,7 @@ class RPN(SegmentationModel):
         focal_weight: float = 100.0,
         dice_weight: float = 1.0,
         device: str | torch.device | None = None,
+        encoder_seed: int | None = 0,
     ) -> None:
         names = list(class_names) if class_names is not None else default_class_names(num_classes)
         if len(names) != num_classes:
@@ -272,7 +275,12 @@ class RPN(SegmentationModel):
         if vpt_tokens < 0:
             raise ValueError(f"vpt_tokens must be >= 0, got {vpt_tokens}")
         image, text, spec = build_clip(
-            encoder_name, img_size=img_size, weights=weights, quick_gelu=quick_gelu, device=device
+            encoder_name,
+            img_size=img_size,
+            weights=weights,
+            quick_gelu=quick_gelu,
+            device=device,
+            seed=encoder_seed,
         )
         if spec.img_size % spec.patch_size:
             raise ValueError(
@@ -314,6 +322,10 @@ class RPN(SegmentationModel):
         self.text_cache = TextEmbeddingCache(self._encode_sentences, templates, synonyms)
         self.class_names: list[str] = names
         self.seen_classes: list[str] = list(seen_classes) if seen_classes is not None else names
+        # Without explicit seen classes, the vocabularies of training forwards define them.
+        self._seen_explicit = seen_classes is not None
+        self._seen_recorded = False
+        self.encoder_seed = encoder_seed if weights is None else None
         self.freeze()
 
     # ------------------------------------------------------------------ vocabulary
@@ -330,8 +342,22 @@ class RPN(SegmentationModel):
         self.num_classes = len(names)
 
     def set_seen_classes(self, names: Sequence[str] | None) -> None:
-        """Classes seen in training: their scores get the calibration subtracted at inference."""
+        """Set the classes seen in training (their scores get the calibration subtracted).
+
+        Explicit seen classes are kept as given; without them, the vocabularies used by training
+        forwards are recorded automatically (the first training forward replaces the build
+        vocabulary, later ones add their new names). ``None`` = no seen class (no calibration).
+        """
         self.seen_classes = list(names) if names is not None else []
+        self._seen_explicit = True
+
+    def _record_seen(self, names: Sequence[str]) -> None:
+        if self._seen_explicit:
+            return
+        if not self._seen_recorded:
+            self.seen_classes, self._seen_recorded = [], True
+        known = {_norm_name(n) for n in self.seen_classes}
+        self.seen_classes += [n for n in names if _norm_name(n) not in known]
 
     def seen_mask(self, class_names: Sequence[str] | None = None) -> Tensor:
         """Bool ``C`` mask of the vocabulary's classes that were seen in training."""
@@ -460,6 +486,7 @@ class RPN(SegmentationModel):
         """
         logits = self.forward_logits(image, aux, aux_valid, class_names)
         if self.training:
+            self._record_seen(self.class_names if class_names is None else class_names)
             return {"logits": logits}
         return self.calibrate(logits, class_names)
 
@@ -495,6 +522,7 @@ class RPN(SegmentationModel):
             "aux_channels": self.aux_channels,
             "class_names": list(self.class_names),
             "seen_classes": list(self.seen_classes),
+            "encoder_seed": self.encoder_seed,
             "calibration": self.calibration,
             "templates": list(self.text_cache.templates),
             "synonyms": None if self.synonyms is None else dict(self.synonyms),
@@ -539,6 +567,7 @@ def rpn_from_config(
         focal_weight=config.get("focal_weight", 100.0),
         dice_weight=config.get("dice_weight", 1.0),
         device=device,
+        encoder_seed=config.get("encoder_seed", 0),
     )
     sha = config.get("clip", {}).get("weights_sha256")
     if weights is not None and sha and model.spec.weights_sha256 != sha:

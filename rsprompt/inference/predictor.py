@@ -161,14 +161,16 @@ class StripAccumulator:
         self.wsum[rs, cs] += weight
         self.valid[rs, cs] = valid
 
-    def pop(self, rows: int) -> tuple[int, np.ndarray, np.ndarray]:
+    def pop(self, rows: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
         """Remove the first ``rows`` finished rows.
 
         Returns:
-            ``(first scene row, probabilities K×rows×W float32, valid rows×W)``.
+            ``(first scene row, weighted probability sums K×rows×W, weight sums rows×W,
+            valid rows×W)``; blended probabilities are the sums divided by the weight sums.
         """
         rows = min(rows, self.height - self.top)
-        probs = self.psum[:, :rows] / np.maximum(self.wsum[:rows], 1e-12)
+        psum = self.psum[:, :rows].copy()
+        wsum = self.wsum[:rows].copy()
         valid = self.valid[:rows].copy()
         top = self.top
         keep = self.cap - rows
@@ -179,7 +181,7 @@ class StripAccumulator:
         self.valid[:keep] = self.valid[rows:]
         self.valid[keep:] = False
         self.top += rows
-        return top, probs, valid
+        return top, psum, wsum, valid
 
 
 def _forward(
@@ -379,14 +381,21 @@ def predict_scene(
 
             def flush(rows: int) -> None:
                 nonlocal nodata_px
-                top, probs, valid = acc.pop(rows)
-                cls = probs.argmax(axis=0).astype(dtype)
+                top, psum, wsum, valid = acc.pop(rows)
+                # argmax of the weighted sums = argmax of the blended probabilities (wsum > 0)
+                cls = np.zeros(psum.shape[1:], dtype=dtype)
+                best = psum[0].copy()
+                for c in range(1, k):
+                    better = psum[c] > best
+                    cls[better] = c
+                    np.maximum(best, psum[c], out=best)
                 counts[:] += np.bincount(cls[valid].ravel(), minlength=k)[:k]
                 nodata_px += int((~valid).sum())
                 cls[~valid] = nodata
                 cls_writer.write(cls, top)
                 if prob_writer is not None:
-                    p8 = np.rint(probs * 255.0).astype(np.uint8)
+                    probs = psum * (255.0 / np.maximum(wsum, 1e-12))
+                    p8 = np.rint(probs).astype(np.uint8)
                     p8[:, ~valid] = 0
                     prob_writer.write(p8, top)
 
@@ -447,7 +456,8 @@ def predict_scene(
                             if ready:
                                 flush(ready)
                         w = weight_of(win)
-                        acc.add(win, probs[i] * w, w, valids[i])
+                        np.multiply(probs[i], w, out=probs[i])
+                        acc.add(win, probs[i], w, valids[i])
                 while acc.top < reader.height:
                     flush(reader.height - acc.top)
 

@@ -303,8 +303,10 @@ class SceneReader:
     def aux_statistics(self, block_rows: int = 512, ground_cell: int | None = None) -> AuxStats:
         """Per-band min/max/mean/std over the valid aux pixels of the whole scene grid.
 
-        A streaming pre-pass over row strips of the warped aux (memory: one strip). Only pixels
-        that are valid in both the aux and the scene count.
+        A streaming pre-pass over row strips (memory: one strip). When the scene has no nodata
+        and no ground grid is asked for, the aux raster's own pixels inside the scene's footprint
+        are read (no warping: fast, and bilinear warping never leaves their range); otherwise
+        the warped aux is read on the scene's grid and only pixels valid in both count.
 
         Args:
             block_rows: Rows per strip.
@@ -314,6 +316,8 @@ class SceneReader:
             PredictError: If the aux raster has no valid pixel inside the scene.
         """
         assert self.vrt is not None
+        if not ground_cell and self.nodata is None and self._mask_band is None:
+            return self._aux_statistics_source()
         n_b = self.vrt.count
         mins = np.full(n_b, np.inf)
         maxs = np.full(n_b, -np.inf)
@@ -354,6 +358,68 @@ class SceneReader:
             count=count,
             cell=ground_cell or None,
             cell_min=np.concatenate(minima, axis=0) if minima else None,
+        )
+
+    def _aux_statistics_source(self, block_rows: int = 1024) -> AuxStats:
+        """:meth:`aux_statistics` over the aux raster's own pixels inside the scene's footprint."""
+        from rasterio.features import geometry_mask
+        from rasterio.warp import transform_geom
+        from rasterio.windows import from_bounds
+        from shapely.geometry import box, mapping, shape
+
+        src = self._aux_src
+        assert src is not None
+        b = self.src.bounds
+        side = max(b.right - b.left, b.top - b.bottom)
+        footprint = box(*b).segmentize(side / 64)
+        geom = shape(transform_geom(self.src.crs, src.crs, mapping(footprint)))
+        full = RioWindow(0, 0, src.width, src.height)
+        try:
+            fw = from_bounds(*geom.bounds, transform=src.transform)
+            c0, r0 = int(np.floor(fw.col_off)), int(np.floor(fw.row_off))
+            c1 = int(np.ceil(fw.col_off + fw.width))
+            r1 = int(np.ceil(fw.row_off + fw.height))
+            win = RioWindow(c0, r0, c1 - c0, r1 - r0).intersection(full)
+        except rasterio.errors.WindowError:
+            raise PredictError(
+                f"aux raster {self.aux_path} has no valid pixel inside scene {self.scene_path}"
+            ) from None
+        n_b = src.count
+        mins, maxs = np.full(n_b, np.inf), np.full(n_b, -np.inf)
+        sums, sq = np.zeros(n_b), np.zeros(n_b)
+        count = 0
+        nodata = src.nodata
+        for r in range(int(win.row_off), int(win.row_off + win.height), block_rows):
+            h = min(block_rows, int(win.row_off + win.height) - r)
+            strip = RioWindow(int(win.col_off), r, int(win.width), h)
+            data = src.read(window=strip).astype(np.float64)
+            valid = np.isfinite(data).all(axis=0)
+            if nodata is not None and not np.isnan(nodata):
+                valid &= ~(data == nodata).any(axis=0)
+            valid &= geometry_mask(
+                [mapping(geom)],
+                out_shape=(h, int(win.width)),
+                transform=src.window_transform(strip),
+                invert=True,
+                all_touched=True,
+            )
+            n = int(valid.sum())
+            if n == 0:
+                continue
+            vals = data[:, valid]
+            mins = np.minimum(mins, vals.min(axis=1))
+            maxs = np.maximum(maxs, vals.max(axis=1))
+            sums += vals.sum(axis=1)
+            sq += (vals * vals).sum(axis=1)
+            count += n
+        if count == 0:
+            raise PredictError(
+                f"aux raster {self.aux_path} has no valid pixel inside scene {self.scene_path}"
+            )
+        mean = sums / count
+        std = np.sqrt(np.maximum(sq / count - mean * mean, 0.0))
+        return AuxStats(
+            min=mins.tolist(), max=maxs.tolist(), mean=mean.tolist(), std=std.tolist(), count=count
         )
 
     def close(self) -> None:

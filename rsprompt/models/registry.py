@@ -16,6 +16,7 @@ from rsprompt.models.base import SegmentationModel
 METHOD_MODULES: dict[str, str] = {
     "rpn": "rsprompt.models.methods.rpn",
     "gopt": "rsprompt.models.methods.gopt",
+    "dplnet": "rsprompt.models.methods.dplnet",
 }
 
 #: Aux channels each method builds with when none are given (its paper configuration).

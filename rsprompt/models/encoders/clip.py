@@ -321,7 +321,8 @@ def _load_torchscript_weights(
     model = open_clip.create_model(name, pretrained=None, pretrained_text=False, **kwargs)
     from open_clip.model import resize_pos_embed
 
-    state = {k: v.float() for k, v in state.items()}
+    # Scripted models also store non-persistent buffers (the causal attention masks).
+    state = {k: v.float() for k, v in state.items() if not k.endswith("attn_mask")}
     resize_pos_embed(state, model)
     model.load_state_dict(state, strict=True)
     return model

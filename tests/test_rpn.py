@@ -474,3 +474,9 @@ def test_weights_from_a_torchscript_archive(tmp_path):
     assert torch.equal(visual.conv1.weight, src.visual.conv1.weight)
     assert torch.equal(text.text_projection, src.text_projection)
     assert visual.positional_embedding.shape == (37, 64) and spec.quick_gelu
+
+
+def test_lr_multipliers_match_the_trainable_modules(tiny: RPN):
+    mult = tiny.lr_multipliers
+    assert mult["relation_h"] == 1.0 and mult["vpt"] == mult["head"] == 10.0
+    assert set(mult) == set(tiny.trainable_parameters())

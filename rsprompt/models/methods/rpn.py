@@ -236,15 +236,6 @@ class RPN(SegmentationModel):
 
     frozen_modules: ClassVar[tuple[str, ...]] = ("image_encoder", "text_encoder")
     decoder_modules: ClassVar[tuple[str, ...]] = ("head",)
-    #: Learning-rate multipliers of the released recipe (base lr 2e-5; ``h`` at 1×, rest 10×).
-    lr_multipliers: ClassVar[dict[str, float]] = {
-        "vpt": 10.0,
-        "prompt_proj": 10.0,
-        "prompt_norm": 10.0,
-        "head": 10.0,
-        "aux_stem": 10.0,
-        "relation_h": 1.0,
-    }
 
     def __init__(
         self,
@@ -509,6 +500,18 @@ class RPN(SegmentationModel):
         return {"loss": total, "loss_focal": focal.detach(), "loss_dice": dice.detach()}
 
     # ------------------------------------------------------------------ config
+    @property
+    def lr_multipliers(self) -> dict[str, float]:
+        """Learning-rate factor per trainable module, as in the released recipe.
+
+        Base lr 2e-5, ``h`` at 1×, everything else at 10×; keys are module names, usable as the
+        optimiser's ``lr_mult`` patterns.
+        """
+        names = ["vpt", "prompt_proj", "prompt_norm", "head"]
+        if self.aux_stem is not None:
+            names.append("aux_stem")
+        return {**dict.fromkeys(names, 10.0), "relation_h": 1.0}
+
     def config(self) -> dict[str, Any]:
         """Everything needed to rebuild this model (saved in checkpoints by the engine)."""
         return {

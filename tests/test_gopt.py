@@ -18,6 +18,15 @@ from rsprompt.models.registry import available_methods, build_model
 TINY = {"depth": 4, "embed_dim": 64, "num_heads": 2, "patch_size": 8, "img_size": 64}
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on a shared 2-core machine, 2 threads per process thrash."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def tiny(num_classes: int = 3, aux_channels: int = 1, **kw) -> GoPT:
     torch.manual_seed(0)
     return build_gopt("vit_base_patch16_224", num_classes, aux_channels, encoder_kwargs=TINY, **kw)
@@ -205,16 +214,7 @@ def _miou(pred: torch.Tensor, target: torch.Tensor, k: int) -> float:
     return sum(ious) / len(ious)
 
 
-@pytest.fixture
-def one_thread():
-    """One torch thread: on a shared 2-core machine, 2 threads per process thrash."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def test_short_training_learns_from_the_dsm(one_thread) -> None:
+def test_short_training_learns_from_the_dsm() -> None:
     start = time.perf_counter()
     model = tiny(num_classes=3, aux_channels=1, pyramid_channels=32, decoder_channels=32)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)

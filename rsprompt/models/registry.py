@@ -16,6 +16,7 @@ from rsprompt.models.base import SegmentationModel
 METHOD_MODULES: dict[str, str] = {
     "rpn": "rsprompt.models.methods.rpn",
     "gopt": "rsprompt.models.methods.gopt",
+    "spm": "rsprompt.models.methods.spm",
     "dplnet": "rsprompt.models.methods.dplnet",
 }
 

@@ -1,0 +1,114 @@
+"""QGIS as the real client: the written map opens with class names and colours (slow)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from rasterio.transform import from_origin
+
+from rsprompt.data.labels import ISPRS_CLASSES
+from rsprompt.inference import predict_scene
+from rsprompt.models.base import SegmentationModel
+
+SYSTEM_PYTHON = Path("/usr/bin/python3")
+
+CHECK = """
+import json, sys
+from qgis.core import QgsApplication, QgsRasterLayer
+app = QgsApplication([], False)
+app.initQgis()
+layer = QgsRasterLayer(sys.argv[1], "map")
+r = layer.renderer()
+out = {"valid": layer.isValid(), "renderer": r.type() if r else None,
+       "crs": layer.crs().authid(), "size": [layer.width(), layer.height()]}
+if r is not None and r.type() == "paletted":
+    out["classes"] = [[int(c.value), c.label, c.color.name()] for c in r.classes()]
+prov = layer.dataProvider()
+out["nodata"] = prov.sourceNoDataValue(1) if prov.sourceHasNoDataValue(1) else None
+out["pyramids"] = prov.hasPyramids()
+print("RESULT " + json.dumps(out))
+app.exitQgis()
+"""
+
+
+def _has_qgis() -> bool:
+    if not SYSTEM_PYTHON.exists():
+        return False
+    r = subprocess.run([str(SYSTEM_PYTHON), "-c", "import qgis.core"], capture_output=True)
+    return r.returncode == 0
+
+
+class Stripes(SegmentationModel):
+    def __init__(self):
+        super().__init__("test", "none", 6, 0)
+
+    def forward(self, image, aux=None, aux_valid=None):
+        return torch.einsum(
+            "kc,bchw->bkhw",
+            torch.randn(6, 3, generator=torch.Generator().manual_seed(0)),
+            image / 255,
+        )
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _has_qgis(), reason="PyQGIS (system python3) not installed")
+def test_qgis_opens_map_with_class_names(tmp_path):
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (3, 1100, 900), dtype=np.uint8)
+    scene = tmp_path / "scene.tif"
+    with rasterio.open(
+        scene,
+        "w",
+        driver="GTiff",
+        height=1100,
+        width=900,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:32633",
+        transform=from_origin(366000, 5808000, 0.1, 0.1),
+    ) as dst:
+        dst.write(img)
+    out = tmp_path / "map.tif"
+    predict_scene(
+        scene, Stripes(), out, classes=ISPRS_CLASSES, window=256, overlap=64, progress=False
+    )
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    script = tmp_path / "check.py"
+    script.write_text(CHECK)
+    proc = subprocess.run(
+        [str(SYSTEM_PYTHON), str(script), str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
+    res = json.loads(line[7:])
+    assert res["valid"] and res["renderer"] == "paletted"
+    assert res["crs"] == "EPSG:32633" and res["size"] == [900, 1100]
+    assert res["nodata"] == 255
+    assert res["pyramids"]  # internal overviews of the COG
+    assert [c[1] for c in res["classes"]] == list(ISPRS_CLASSES.names)  # from the .qml
+    assert res["classes"][1][2] == "#0000ff"
+    # Without the .qml QGIS falls back to the colour table (values, no names): the style matters.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(out, bare / "map.tif")
+    proc = subprocess.run(
+        [str(SYSTEM_PYTHON), str(script), str(bare / "map.tif")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    res = json.loads(next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))[7:])
+    assert res["renderer"] == "paletted"
+    assert res["classes"][1][1] != "building"

@@ -56,3 +56,4 @@ def main() -> None:
 # Registered commands (keep alphabetical; one line each).
 _register("synth", "rsprompt.commands.synth", "synth", "Write synthetic optical + DSM/SAR scenes (or an official dataset layout).")
 _register("predict", "rsprompt.commands.predict", "predict", "Segment whole scenes into QGIS-ready class maps (COG + style).")
+_register("data", "rsprompt.commands.data", "data", "Check dataset folders against the official layouts (rsprompt data check).")

@@ -212,18 +212,17 @@ def expected_paths(dataset: str, tile: str) -> dict[str, tuple[str, ...]]:
 
 
 def unknown_files(dataset: str, root: str | Path, found: dict[str, dict[str, Path]]) -> list[Path]:
-    """Files in the layout's folders that belong to no found tile (``.tfw``/``.aux.xml`` ignored)."""
+    """Rasters in the layout's folders that belong to no found tile (sidecars ignored)."""
     spec = layout(dataset)
     root = Path(root)
-    known = {p.resolve() for roles in found.values() for p in roles.values()}
+    known: set[Path] = set()
     folders = {folder for _, folder in spec.discover}
-    for role, cands in spec.candidates.items():
-        del role
-        for tid in list(found)[:1]:
+    for tid in found:
+        for cands in spec.candidates.values():
             for rel in cands(tid):
-                parent = Path(rel).parent
-                if str(parent) != ".":
-                    folders.add(str(parent))
+                known.add((root / rel).resolve())
+                if str(Path(rel).parent) != ".":
+                    folders.add(str(Path(rel).parent))
     out = []
     for folder in sorted(folders):
         d = root / folder

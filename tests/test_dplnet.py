@@ -79,6 +79,17 @@ def test_structure(model: DPLNet) -> None:
     assert all(p.requires_grad for n, p in model.named_parameters() if not n.startswith("encoder"))
 
 
+def test_meta_device_build() -> None:
+    """``device="meta"`` (what ``rsprompt info`` asks for) gives a meta model with the same counts."""
+    net = build_model("dplnet", "mit_b0", 6, device="meta")
+    assert all(p.is_meta for p in net.parameters())
+    report = net.parameter_report()
+    assert report["frozen"] == 3_319_392  # smp's mit_b0
+    # linear_c (with biases) + fuse conv + BN + 150-wide prediction + final conv, embedding 256
+    head = (32 + 64 + 160 + 256 + 4) * 256 + 1024 * 256 + 2 * 256 + (256 * 150 + 150)
+    assert report["decoder"] == head + 150 * 6 + 6
+
+
 def test_shapes(model: DPLNet) -> None:
     model.eval()
     image, dsm = _inputs(h=64, w=96)

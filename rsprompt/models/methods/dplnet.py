@@ -554,19 +554,25 @@ def build_dplnet(
             :func:`rsprompt.models.encoders.mit_weights.load_mit_weights`); ``None`` = random init.
         encoder_seed: Seed of the MiT's random init.
         encoder_kwargs: smp MiT parameter overrides (e.g. ``{"depths": [1, 1, 1, 1]}``).
-        device: Move the model there (``"meta"`` is not supported by smp's MiT: built on CPU).
+        device: Move the model there. smp's MiT cannot be built on ``"meta"``: it is built on the
+            CPU with torch's default init (fast) and then moved to the meta device (for counting).
         **kwargs: :class:`DPLNet` options (``fold_kv``, ``encoder_drop_path``, ``decoder_dim``,
             ``class_weights``, …).
 
     Returns:
         The model with its MiT frozen.
     """
-    mit = build_mit(encoder, seed=encoder_seed, init=weights is None, **(encoder_kwargs or {}))
+    meta = device is not None and torch.device(device).type == "meta"
+    # smp's MiT cannot be built on meta: build it on the CPU, skipping SegFormer's slow init when
+    # the values do not matter (weights loaded next, or a meta model for counting)
+    mit = build_mit(
+        encoder, seed=encoder_seed, init=weights is None and not meta, **(encoder_kwargs or {})
+    )
     if weights is not None:
         from rsprompt.models.encoders.mit_weights import load_mit_weights
 
         load_mit_weights(mit, weights)
     model = DPLNet(mit, encoder, num_classes, aux_channels, **kwargs)
-    if device is not None and str(device) != "meta":
+    if device is not None:
         model = model.to(device)
     return model

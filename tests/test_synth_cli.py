@@ -105,6 +105,19 @@ def test_layouts(tmp_path, layout, tiles, expect):
         assert rio_info(tmp_path / expect[0])["crs"] in ("EPSG:32633", "EPSG:32649")
 
 
+def test_potsdam_off_palette_tile(tmp_path):
+    from rsprompt.data.labels import decode_isprs_rgb
+
+    run("--layout", "potsdam", "--out", str(tmp_path), "--size", "64", "--tiles", "6_7,2_10",
+        "--off-palette", "6_7")
+    for tile, odd in (("6_7", True), ("2_10", False)):
+        with rasterio.open(tmp_path / "5_Labels_all" / f"top_potsdam_{tile}_label.tif") as src:
+            rgb = src.read()
+        colours = {tuple(int(v) for v in c) for c in rgb.reshape(3, -1).T}
+        assert ((252, 255, 0) in colours) == odd and ((255, 255, 0) in colours) != odd
+        assert (decode_isprs_rgb(rgb) == 4).any()
+
+
 def test_layout_default_tiles_and_options(tmp_path):
     run("--layout", "vaihingen", "--out", str(tmp_path / "v"), "--size", "16",
         "--labels-flat", "--dsm-world-files")
@@ -128,6 +141,7 @@ def test_layout_default_tiles_and_options(tmp_path):
         (["--layout", "potsdam", "--aux-crs", "EPSG:32632"], "--aux-crs"),
         (["--layout", "potsdam", "--bands", "rgb"], "--bands"),
         (["--tiles", "1"], "need --layout"),
+        (["--layout", "vaihingen", "--off-palette", "1"], "applies to --layout potsdam"),
         (["--layout", "potsdam", "--tiles", "9_9"], "not a potsdam tile"),
         (["--size", "3"], "at least 8"),
         (["--size", "ab"], "expected N"),

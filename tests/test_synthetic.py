@@ -194,7 +194,7 @@ def test_sar_backscatter_separates_roofs_and_shows_edges_and_water():
     assert np.std(water) > 1.5
     # Bright double-bounce lines where a building rises (sensor in the west).
     rise = np.zeros(s.labels.shape, bool)
-    rise[:, 1:] = (s.height[:, 1:] - s.height[:, :-1]) > 2
+    rise[:, 1:] = ((s.height[:, 1:] - s.height[:, :-1]) > 2) & (s.labels[:, 1:] == BUILDING)
     assert s.sar[rise].mean() > roof + 5
     u8 = sar_to_uint8(w.sar)
     assert u8.dtype == np.uint8 and u8.min() >= 1

@@ -121,6 +121,14 @@ def _parse_tiles(values: tuple[str, ...]) -> list[str] | None:
 )
 @click.option("--dsm-world-files", is_flag=True, help="Layout vaihingen: write .tfw world files.")
 @click.option(
+    "--off-palette",
+    "off_palette",
+    multiple=True,
+    metavar="TILE",
+    help="Layout potsdam: code cars as (252,255,0) in this tile's labels, like the real tile 6_7 "
+    "(repeatable).",
+)
+@click.option(
     "--no-georef",
     is_flag=True,
     help="Layout whu-opt-sar: write no CRS/transform. Default scene: write no CRS.",
@@ -143,6 +151,7 @@ def synth(
     tiles: tuple[str, ...],
     labels_flat: bool,
     dsm_world_files: bool,
+    off_palette: tuple[str, ...],
     no_georef: bool,
     overwrite: bool,
 ) -> None:
@@ -188,6 +197,11 @@ def synth(
                 options["dsm_world_files"] = dsm_world_files
             if layout == "whu-opt-sar":
                 options["georeferenced"] = not no_georef
+            if off_palette:
+                if layout != "potsdam":
+                    raise click.UsageError("--off-palette applies to --layout potsdam")
+                car, odd = (255, 255, 0), (252, 255, 0)
+                options["off_palette"] = {t: {car: odd} for t in _parse_tiles(off_palette) or []}
             written = write_layout(
                 out,
                 layout,
@@ -203,8 +217,10 @@ def synth(
                 for key, path in paths.items():
                     click.echo(f"  {tile}\t{key}\t{path}")
             return
-        if tiles or labels_flat or dsm_world_files:
-            raise click.UsageError("--tiles, --labels-flat and --dsm-world-files need --layout")
+        if tiles or labels_flat or dsm_world_files or off_palette:
+            raise click.UsageError(
+                "--tiles, --labels-flat, --dsm-world-files and --off-palette need --layout"
+            )
         scene = generate_scene(
             kind or "isprs",
             size,

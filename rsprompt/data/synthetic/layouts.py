@@ -332,8 +332,10 @@ def write_layout(
     - ``vaihingen``: ``top/top_mosaic_09cm_area{N}.tif`` (IRRG uint8: NIR, R, G; no CRS, no
       transform), ``dsm/dsm_09cm_matching_area{N}.tif`` (float32 absolute heights ~260–300 m, no
       CRS; ``.tfw`` world file with ``dsm_world_files``), ISPRS colour labels:
-      ``gts_for_participants/`` (training areas only), ``{VAIHINGEN_COMPLETE}/…area{N}.tif`` and
-      ``{VAIHINGEN_ERODED_COMPLETE}/…area{N}_noBoundary.tif`` (black = eroded boundary), or both
+      ``gts_for_participants/`` (training areas only),
+      ``ISPRS_semantic_labeling_Vaihingen_ground_truth_COMPLETE/…area{N}.tif`` and
+      ``ISPRS_semantic_labeling_Vaihingen_ground_truth_eroded_COMPLETE/…area{N}_noBoundary.tif``
+      (black = eroded boundary), or both
       flat in the root with ``labels_flat`` (as the zips extract). 9 cm.
     - ``potsdam``: ``2_Ortho_RGB/top_potsdam_{a}_{b}_RGB.tif``, ``3_Ortho_IRRG/…_IRRG.tif``,
       ``4_Ortho_RGBIR/…_RGBIR.tif`` (R, G, B, IR; MINISBLACK), ``1_DSM/dsm_potsdam_{aa}_{bb}.tif``
@@ -366,7 +368,8 @@ def write_layout(
         dsm_extra_px: Vaihingen: make the DSM this many pixels taller and wider than the image (a
             quirk of some real areas).
         eroded_for_participants: Vaihingen: also write the training-only eroded labels in the
-            officially misspelled ``{VAIHINGEN_ERODED_PARTICIPANTS}`` folder.
+            officially misspelled
+            ``ISPRS_semantic_labeing_Vaihingen_ground_truth_eroded_for_participants`` folder.
         off_palette: Potsdam: per tile, colours to recode in its labels, e.g.
             ``{"6_7": {(255, 255, 0): (252, 255, 0)}}`` as in the real tile 6_7.
         participants: Potsdam: also write ``5_Labels_for_participants`` and

@@ -369,7 +369,7 @@ def _gen_isprs(rng: np.random.Generator, h: int, w: int, scale: float) -> _Canva
     pending_cars: list[tuple[float, float, bool, float]] = []  # u, v, along_u, length
 
     def add_tree(x: float, y: float) -> None:
-        pending_trees.append((x, y, max(rng.uniform(4, 10) * s, 1.5), rng.uniform(5, 18)))
+        pending_trees.append((x, y, max(rng.uniform(5, 13) * s, 1.5), rng.uniform(5, 18)))
 
     car_len = max(0.65 * road_w, 3.0)
     car_wid = max(0.28 * road_w, 1.5)
@@ -515,7 +515,7 @@ def _lot(cv, rng, s, lot, add_tree, pending_cars, car_len) -> None:
                 wu0 = u0 if rng.random() < 0.5 else u1 - ww
                 rects.append((wu0, wu0 + ww, v1 - 1, v1 + ext))
         _building(cv, rng, rects)
-    trees(int(rng.poisson(1.2)))
+    trees(int(rng.poisson(1.8)))
 
 
 def _building(cv: _Canvas, rng: np.random.Generator, rects) -> None:
@@ -647,17 +647,18 @@ def _gen_whu(rng: np.random.Generator, h: int, w: int, scale: float) -> _Canvas:
         streets = city & (
             (np.mod(cv.U, sg) < max(1.5 * s, 1)) | (np.mod(cv.V, sg) < max(1.5 * s, 1))
         )
-        cv.paint(full, streets, ROAD, np.array([120, 122, 125, 110], np.float32), 0.0, _PAVED)
+        # Inner-city streets: part of the city class (as annotated), only major roads are road.
+        cv.paint(full, streets, CITY, np.array([110, 112, 115, 100], np.float32), 0.0, _PAVED)
         sar_extra[city] += np.where(rng.random(int(city.sum())) < 0.04, 12.0, 0.0)
 
     # Villages: small built-up clusters.
-    for _ in range(int(rng.integers(1, 5))):
-        cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), max(rng.uniform(3, 9) * s, 2)
+    for _ in range(int(rng.integers(2, 7))):
+        cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), max(rng.uniform(6, 16) * s, 3)
         win = cv.disc(cx, cy, r * 1.3)
         if win is None:
             continue
         sl, mask, d2 = win
-        mask &= (d2 + 0.3 * rough[sl] < 0.6) & (cv.labels[sl] != CITY)
+        mask &= (d2 + 0.3 * rough[sl] < 0.75) & (cv.labels[sl] != CITY)
         z = 3 + 6 * cell_h[cell[sl]]
         lab = cv.labels[sl]
         lab[mask] = VILLAGE
@@ -702,16 +703,17 @@ def _simulate_sar(
 ) -> np.ndarray:
     """Backscatter in dB: class means, double-bounce lines at walls facing the sensor, speckle.
 
-    The sensor looks east from the west (range increases with x): where the height rises by
+    The sensor looks east from the west (range increases with x): where a building rises by
     more than 2 m from one pixel to the next, a bright 2-pixel line is added (wall–ground double
-    bounce). Speckle is multiplicative gamma noise of ``looks`` looks on the linear intensity.
+    bounce; tree crowns do not make one). Speckle is multiplicative gamma noise of ``looks`` looks on the linear intensity.
     """
     h, w = cv.labels.shape
     db = np.asarray(SAR_MEAN_DB[kind], np.float32)[cv.labels]
     db += 1.5 * value_noise(rng, (h, w), max(min(h, w) / 8, 2))
     db += getattr(cv, "sar_extra", 0.0)
+    built = np.isin(cv.labels, (BUILDING,) if kind == "isprs" else (CITY, VILLAGE))
     wall = np.zeros((h, w), bool)
-    wall[:, 1:] = (cv.height[:, 1:] - cv.height[:, :-1]) > 2.0
+    wall[:, 1:] = ((cv.height[:, 1:] - cv.height[:, :-1]) > 2.0) & built[:, 1:]
     wall[:, :-1] |= wall[:, 1:]
     db[wall] += edge_db
     intensity = np.power(10.0, db / 10.0, dtype=np.float32)

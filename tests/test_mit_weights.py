@@ -75,6 +75,52 @@ def test_imagenet_checkpoint_and_module_prefix(tmp_path: Path, source, fresh) ->
     assert sorted(info["dropped"]) == ["module.head.bias", "module.head.weight"]
 
 
+def _to_mmseg_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """smp/NVlabs MiT keys → mmseg 1.x keys (the layout of mmseg's ``mit2mmseg`` converter)."""
+    out = {}
+    for key, value in state.items():
+        head, rest = key.split(".", 1)
+        if head.startswith("patch_embed"):
+            s = int(head.removeprefix("patch_embed")) - 1
+            out[f"layers.{s}.0.{rest.replace('proj.', 'projection.')}"] = value
+        elif head.startswith("norm"):
+            out[f"layers.{int(head.removeprefix('norm')) - 1}.2.{rest}"] = value
+        else:
+            s = int(head.removeprefix("block")) - 1
+            block, sub = rest.split(".", 1)
+            new = f"layers.{s}.1.{block}."
+            if sub.startswith("attn.q."):
+                kind = sub.rsplit(".", 1)[1]
+                kv = state[f"{head}.{block}.attn.kv.{kind}"]
+                out[new + f"attn.attn.in_proj_{kind}"] = torch.cat([value, kv])
+            elif sub.startswith("attn.kv."):
+                continue
+            elif sub.startswith("attn.proj."):
+                out[new + sub.replace("attn.proj.", "attn.attn.out_proj.")] = value
+            elif sub.startswith("mlp."):
+                if sub in ("mlp.fc1.weight", "mlp.fc2.weight"):
+                    value = value.reshape(*value.shape, 1, 1)
+                sub = sub.replace("mlp.fc1.", "ffn.layers.0.").replace("mlp.fc2.", "ffn.layers.4.")
+                out[new + sub.replace("mlp.dwconv.dwconv.", "ffn.layers.1.")] = value
+            else:
+                out[new + sub] = value
+    return out
+
+
+def test_mmseg_1x_checkpoint(tmp_path: Path, source, fresh) -> None:
+    """OpenMMLab model-zoo layout (layers.*, fused in_proj, 1×1-conv FFN) maps back exactly."""
+    mm = _to_mmseg_layout(source)
+    assert (
+        "layers.2.1.0.attn.attn.in_proj_weight" in mm and "layers.0.1.0.ffn.layers.1.weight" in mm
+    )
+    ckpt = {f"backbone.{k}": v for k, v in mm.items()}
+    ckpt["decode_head.conv_seg.weight"] = torch.zeros(150, 256, 1, 1)
+    path = tmp_path / "segformer_mit-b0_mmseg.pth"
+    torch.save({"meta": {}, "state_dict": ckpt}, path)
+    load_mit_weights(fresh, path)
+    _assert_equal(fresh, source)
+
+
 def test_safetensors(tmp_path: Path, source, fresh) -> None:
     from safetensors.torch import save_file
 

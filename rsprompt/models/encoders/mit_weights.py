@@ -12,7 +12,13 @@ Accepted checkpoint layouts (detected from the keys):
   dropped.
 * **ImageNet MiT** (NVlabs' ``mit_b*.pth``, smp's hub files): keys without prefix plus a
   classifier ``head.*``, which is dropped.
-* Either of the above wrapped in ``{"state_dict": …}`` / ``{"model": …}`` (mmseg/mmcv files are)
+* **mmseg 1.x** (OpenMMLab's model-zoo SegFormer files, after mmseg's ``mit2mmseg`` conversion):
+  ``backbone.layers.{s}.0.projection.*`` (patch embedding), ``backbone.layers.{s}.1.{j}.*``
+  (blocks: ``attn.attn.in_proj_*`` = the query rows then the key/value rows, ``attn.attn.out_proj``,
+  ``ffn.layers.0/1/4`` = ``fc1`` (1×1 conv) / depth-wise conv / ``fc2`` (1×1 conv)) and
+  ``backbone.layers.{s}.2.*`` (stage norm). These are mapped back onto smp's names (the fused
+  ``in_proj`` is split into ``q`` and ``kv``, the 1×1 convs become linear weights).
+* Any of the above wrapped in ``{"state_dict": …}`` / ``{"model": …}`` (mmseg/mmcv files are)
   or prefixed ``module.`` (DataParallel).
 
 Everything left must match smp's MiT key for key and shape for shape: the load is
@@ -92,7 +98,7 @@ def convert_mit_state_dict(state: Mapping[str, Tensor]) -> tuple[dict[str, Tenso
 
     Strips ``module.`` and ``backbone.`` prefixes and drops head keys (``decode_head.*``,
     ``auxiliary_head.*``, ``head.*``). When the file has ``backbone.`` keys, every other key
-    (e.g. a SegFormer decode head) is dropped too.
+    (e.g. a SegFormer decode head) is dropped too. mmseg 1.x keys (``layers.…``) are renamed.
 
     Args:
         state: The checkpoint's tensors.
@@ -116,7 +122,47 @@ def convert_mit_state_dict(state: Mapping[str, Tensor]) -> tuple[dict[str, Tenso
             dropped.append(original)
             continue
         converted[key] = value
+    if any(k.startswith("layers.") for k in converted):
+        converted = _from_mmseg_layout(converted)
     return converted, dropped
+
+
+_MMSEG_FFN = {"0": "mlp.fc1", "1": "mlp.dwconv.dwconv", "4": "mlp.fc2"}
+
+
+def _from_mmseg_layout(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Map mmseg 1.x MiT keys (``layers.{s}.{0,1,2}…``) onto smp's MiT keys."""
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] != "layers" or len(parts) < 4:
+            out[key] = value  # not an encoder key: reported as unexpected by the strict load
+            continue
+        stage, part, rest = int(parts[1]) + 1, parts[2], parts[3:]
+        if part == "0":  # patch embedding
+            name = ".".join(["proj" if rest[0] == "projection" else rest[0], *rest[1:]])
+            out[f"patch_embed{stage}.{name}"] = value
+        elif part == "2":  # stage norm
+            out[f"norm{stage}.{'.'.join(rest)}"] = value
+        else:  # part == "1": blocks
+            block, sub = rest[0], rest[1:]
+            prefix = f"block{stage}.{block}"
+            joined = ".".join(sub)
+            if joined in ("attn.attn.in_proj_weight", "attn.attn.in_proj_bias"):
+                kind = joined.rsplit("_", 1)[1]
+                dim = value.shape[0] // 3
+                out[f"{prefix}.attn.q.{kind}"] = value[:dim]
+                out[f"{prefix}.attn.kv.{kind}"] = value[dim:]
+            elif joined.startswith("attn.attn.out_proj."):
+                out[f"{prefix}.attn.proj.{sub[-1]}"] = value
+            elif sub[:2] == ["ffn", "layers"] and len(sub) == 4 and sub[2] in _MMSEG_FFN:
+                name = _MMSEG_FFN[sub[2]]
+                if name != "mlp.dwconv.dwconv" and value.ndim == 4:
+                    value = value.flatten(1)  # 1×1 conv → linear weight
+                out[f"{prefix}.{name}.{sub[3]}"] = value
+            else:  # norm1, norm2, attn.sr, attn.norm keep their names
+                out[f"{prefix}.{joined}"] = value
+    return out
 
 
 def _format_keys(keys: list[str], limit: int = 10) -> str:
@@ -161,7 +207,8 @@ def load_mit_weights(mit_module: nn.Module, path: str | Path) -> dict[str, Any]:
             f"dropping {len(dropped)} head keys). Missing keys: {_format_keys(missing)}. "
             f"Unexpected keys: {_format_keys(unexpected)}. Shape mismatches: "
             f"{_format_keys(shapes)}. Expected a SegFormer/mmseg checkpoint "
-            "('backbone.patch_embed1.proj.weight', …) or an ImageNet MiT checkpoint "
+            "('backbone.patch_embed1.proj.weight', … or mmseg 1.x 'backbone.layers.0.0.projection"
+            ".weight', …) or an ImageNet MiT checkpoint "
             "('patch_embed1.proj.weight', …, 'head.*') of the same MiT size."
         )
     # nn.Module.load_state_dict directly: smp's encoder overrides it without ``strict``.

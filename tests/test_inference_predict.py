@@ -632,3 +632,32 @@ def test_vaihingen_crop_is_not_georeferenced(tmp_path, shared_data):
             scenes[0], Constant(), tmp_path / "v.tif", classes=ISPRS_CLASSES, progress=False
         )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_column_bands_give_the_same_map(tmp_path):
+    """A scene too wide for the memory budget is split in column bands: identical output."""
+    from rsprompt.inference.windows import column_bands
+
+    assert column_bands(1300, 128, 8 * 4 * 640, 15 * 2**20) == [(0, 512), (512, 1024), (1024, 1300)]
+    assert column_bands(1300, 128, 8 * 4 * 640, 512 * 2**20) == [(0, 1300)]
+    scene = write_raster(tmp_path / "s.tif", scene_array(140, 1300))
+    model = Pixelwise(aux_channels=0)
+    outs = {}
+    for mb in (512, 15):
+        out, probs = tmp_path / f"m{mb}.tif", tmp_path / f"p{mb}.tif"
+        s = predict_scene(
+            scene,
+            model,
+            out,
+            classes=ISPRS_CLASSES,
+            window=128,
+            overlap=32,
+            probabilities=probs,
+            memory_mb=mb,
+            progress=False,
+        )
+        outs[mb] = (read(out)[0], rasterio.open(probs).read(), s)
+    np.testing.assert_array_equal(outs[512][0], outs[15][0])
+    assert np.abs(outs[512][1].astype(int) - outs[15][1]).max() <= 1
+    assert outs[512][2].counts == outs[15][2].counts
+    assert outs[15][2].windows > outs[512][2].windows  # border windows computed per band

@@ -32,8 +32,15 @@ from torch import Tensor
 from rsprompt.data.labels import ClassTable
 from rsprompt.inference.reader import AuxStats, PredictError, SceneReader
 from rsprompt.inference.summary import PredictSummary, pixel_area_m2
-from rsprompt.inference.windows import Window, window_grid, window_weight
+from rsprompt.inference.windows import (
+    Window,
+    band_windows,
+    column_bands,
+    window_grid,
+    window_weight,
+)
 from rsprompt.inference.writers import (
+    BLOCK,
     AtomicOutputs,
     StripWriter,
     class_dtype,
@@ -141,10 +148,14 @@ class StripAccumulator:
         width: Scene columns.
         num_classes: ``K``.
         capacity: Rows held (at least window height + :data:`STRIP_ROWS`).
+        col0: Scene column of the strip's first column (column bands of very wide scenes).
     """
 
-    def __init__(self, height: int, width: int, num_classes: int, capacity: int) -> None:
+    def __init__(
+        self, height: int, width: int, num_classes: int, capacity: int, col0: int = 0
+    ) -> None:
         self.height, self.width, self.k = height, width, num_classes
+        self.col0 = col0  # scene column of the strip's first column
         self.cap = min(capacity, height)
         self.top = 0  # scene row of the strip's first row
         self.psum = np.zeros((num_classes, self.cap, width), np.float32)
@@ -156,7 +167,8 @@ class StripAccumulator:
         r0 = win.row - self.top
         if r0 < 0 or r0 + win.height > self.cap:
             raise RuntimeError(f"window {win} outside the live strip (top {self.top})")
-        rs, cs = slice(r0, r0 + win.height), slice(win.col, win.col_end)
+        c0 = win.col - self.col0
+        rs, cs = slice(r0, r0 + win.height), slice(c0, c0 + win.width)
         self.psum[:, rs, cs] += weighted
         self.wsum[rs, cs] += weight
         self.valid[rs, cs] = valid
@@ -262,6 +274,7 @@ def predict_scene(
     pad_mode: str = "reflect",
     prefetch: int = 2,
     progress: bool = True,
+    memory_mb: float = 512.0,
 ) -> PredictSummary:
     """Predict a whole scene and write a GIS-ready class map.
 
@@ -294,6 +307,8 @@ def predict_scene(
             ``replicate`` or ``constant``); the output is cropped back.
         prefetch: Batches read ahead of the forward pass.
         progress: Show a tqdm progress bar.
+        memory_mb: Budget of the blending accumulator; a scene too wide for it is processed in
+            column bands (same result; windows across a band border are computed twice).
 
     Returns:
         A :class:`~rsprompt.inference.summary.PredictSummary`.
@@ -377,11 +392,31 @@ def predict_scene(
                     nodata=None,
                     descriptions=list(classes.names),
                 )
-            acc = StripAccumulator(reader.height, reader.width, k, win_h + STRIP_ROWS)
+            # Column bands keep the accumulator within the memory budget for very wide scenes.
+            bands = column_bands(
+                reader.width, win_w, (k + 2) * 4.0 * (win_h + BLOCK), memory_mb * 2**20, BLOCK
+            )
+            align = STRIP_ROWS if len(bands) == 1 else BLOCK
+            state: dict[str, Any] = {"band": -1, "acc": None}
+
+            def start_band(b: int) -> None:
+                c0, c1 = bands[b]
+                wins = band_windows(windows, c0, c1)
+                u0, u1 = min(w.col for w in wins), max(w.col_end for w in wins)
+                state.update(
+                    band=b,
+                    core=(c0, c1),
+                    acc=StripAccumulator(reader.height, u1 - u0, k, win_h + align, col0=u0),
+                )
 
             def flush(rows: int) -> None:
                 nonlocal nodata_px
+                acc: StripAccumulator = state["acc"]
+                c0, c1 = state["core"]
                 top, psum, wsum, valid = acc.pop(rows)
+                if (c0, c1) != (acc.col0, acc.col0 + acc.width):
+                    cs = slice(c0 - acc.col0, c1 - acc.col0)
+                    psum, wsum, valid = psum[:, :, cs], wsum[:, cs], valid[:, cs]
                 # argmax of the weighted sums = argmax of the blended probabilities (wsum > 0)
                 cls = np.zeros(psum.shape[1:], dtype=dtype)
                 best = psum[0].copy()
@@ -392,14 +427,18 @@ def predict_scene(
                 counts[:] += np.bincount(cls[valid].ravel(), minlength=k)[:k]
                 nodata_px += int((~valid).sum())
                 cls[~valid] = nodata
-                cls_writer.write(cls, top)
+                cls_writer.write(cls, top, c0)
                 if prob_writer is not None:
                     probs = psum * (255.0 / np.maximum(wsum, 1e-12))
                     p8 = np.rint(probs).astype(np.uint8)
                     p8[:, ~valid] = 0
-                    prob_writer.write(p8, top)
+                    prob_writer.write(p8, top, c0)
 
-            batches = [windows[i : i + batch_size] for i in range(0, len(windows), batch_size)]
+            batches = []
+            for b, (c0, c1) in enumerate(bands):
+                wins = band_windows(windows, c0, c1) if len(bands) > 1 else windows
+                batches += [(b, wins[i : i + batch_size]) for i in range(0, len(wins), batch_size)]
+            n_windows = sum(len(bw) for _, bw in batches)
             stop = threading.Event()
             q_in: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
             q_out: queue.Queue = queue.Queue(maxsize=2)
@@ -417,7 +456,7 @@ def predict_scene(
                 return weight_cache[key]
 
             def read_loop() -> None:
-                for batch in batches:
+                for band, batch in batches:
                     imgs, auxs, avals, valids = [], [], [], []
                     for win in batch:
                         img, valid = reader.read_scene(win)
@@ -434,7 +473,7 @@ def predict_scene(
                             auxs.append(np.asarray(a, np.float32))
                             avals.append(av)
                     item = (
-                        batch,
+                        (band, batch),
                         np.stack(imgs),
                         np.stack(auxs) if auxs else None,
                         np.stack(avals) if avals else None,
@@ -448,18 +487,23 @@ def predict_scene(
                     item = _get(q_out, stop)
                     if item is None:
                         break
-                    batch, probs, valids = item
+                    (band, batch), probs, valids = item
+                    if band != state["band"]:
+                        if state["acc"] is not None:
+                            while state["acc"].top < reader.height:
+                                flush(reader.height - state["acc"].top)
+                        start_band(band)
+                    acc: StripAccumulator = state["acc"]
                     for i, win in enumerate(batch):
-                        if win.row - acc.top >= STRIP_ROWS:
+                        if win.row - acc.top >= align:
                             # Rows above this window's first row are final (row-major order).
-                            ready = (win.row - acc.top) // STRIP_ROWS * STRIP_ROWS
-                            if ready:
-                                flush(ready)
+                            flush((win.row - acc.top) // align * align)
                         w = weight_of(win)
                         np.multiply(probs[i], w, out=probs[i])
                         acc.add(win, probs[i], w, valids[i])
-                while acc.top < reader.height:
-                    flush(reader.height - acc.top)
+                if state["acc"] is not None:
+                    while state["acc"].top < reader.height:
+                        flush(reader.height - state["acc"].top)
 
             reader_t = _Worker(read_loop, "rsprompt-reader")
             writer_t = _Worker(write_loop, "rsprompt-writer")
@@ -467,7 +511,7 @@ def predict_scene(
             if progress:
                 from tqdm.auto import tqdm
 
-                bar = tqdm(total=len(windows), desc=scene.name, unit="win", leave=False)
+                bar = tqdm(total=n_windows, desc=scene.name, unit="win", leave=False)
             was_training = getattr(model, "training", False)
             if hasattr(model, "eval"):
                 model.eval()
@@ -486,7 +530,7 @@ def predict_scene(
                             continue
                         if item is None:
                             break
-                        batch, img, a, av, valids = item
+                        (band, batch), img, a, av, valids = item
                         x = torch.from_numpy(img).to(device)
                         xa = torch.from_numpy(a).to(device) if a is not None else None
                         xv = (
@@ -512,7 +556,7 @@ def predict_scene(
                                     f"{in_h}×{in_w} input"
                                 )
                             checked = True
-                        _put(q_out, (batch, probs.cpu().numpy(), valids), stop)
+                        _put(q_out, ((band, batch), probs.cpu().numpy(), valids), stop)
                         if bar is not None:
                             bar.update(len(batch))
                     _put(q_out, None, stop)
@@ -570,7 +614,7 @@ def predict_scene(
         nodata_pixels=nodata_px,
         pixel_area_m2=pixel_area_m2(crs, transform, height, width),
         seconds=time.perf_counter() - t_start,
-        windows=len(windows),
+        windows=n_windows,
         extra_outputs=extra,
         aux_stats=stats.as_dict() if stats is not None else None,
     )

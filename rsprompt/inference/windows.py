@@ -146,3 +146,36 @@ def window_rows(windows: list[Window]) -> list[list[Window]]:
         else:
             rows.append([win])
     return rows
+
+
+def column_bands(
+    width: int, window_width: int, bytes_per_column: float, budget_bytes: float, align: int = 512
+) -> list[tuple[int, int]]:
+    """Split the scene's columns into bands whose accumulators fit in ``budget_bytes``.
+
+    A scene narrow enough is one band (the usual case). Otherwise each band's *core* columns
+    ``[c0, c1)`` start at multiples of ``align``; a band's accumulator spans its core plus the
+    windows overlapping it, so every core pixel is blended from exactly the windows of the global
+    grid that cover it (the result equals the unbanded one; windows across a band border are
+    computed once per band).
+
+    Args:
+        width: Scene columns.
+        window_width: Window width.
+        bytes_per_column: Accumulator bytes per column.
+        budget_bytes: Budget for one band's accumulator.
+        align: Band borders are multiples of this (the output's tile width).
+
+    Returns:
+        ``[(c0, c1), …]`` covering ``[0, width)``.
+    """
+    cols = int(budget_bytes // max(bytes_per_column, 1.0)) - 2 * window_width
+    core = max(align, cols // align * align)
+    if core >= width:
+        return [(0, width)]
+    return [(c, min(c + core, width)) for c in range(0, width, core)]
+
+
+def band_windows(windows: list[Window], c0: int, c1: int) -> list[Window]:
+    """The windows (row-major) that cover at least one column of ``[c0, c1)``."""
+    return [w for w in windows if w.col < c1 and w.col_end > c0]

@@ -193,11 +193,11 @@ class StripWriter:
             for i, name in enumerate(descriptions, start=1):
                 self.ds.set_band_description(i, name)
 
-    def write(self, data: np.ndarray, row: int) -> None:
-        """Write ``data`` (``count×h×W`` or ``h×W``) starting at ``row``."""
+    def write(self, data: np.ndarray, row: int, col: int = 0) -> None:
+        """Write ``data`` (``count×h×w`` or ``h×w``) with its first pixel at ``(row, col)``."""
         if data.ndim == 2:
             data = data[None]
-        self.ds.write(data, window=RioWindow(0, row, data.shape[-1], data.shape[-2]))
+        self.ds.write(data, window=RioWindow(col, row, data.shape[-1], data.shape[-2]))
 
     def close(self) -> None:
         """Close the file."""

@@ -269,23 +269,54 @@ def resolve_encoder_weights(
     return str(p)
 
 
+def _builder_accepts(method: str, name: str) -> bool:
+    import inspect
+
+    from rsprompt.models.registry import get_builder
+
+    params = inspect.signature(get_builder(method)).parameters
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def build_seeded(
+    method: str,
+    encoder: str,
+    num_classes: int,
+    aux_channels: int | None,
+    weights: str | None,
+    encoder_seed: int | None,
+    **kwargs: Any,
+) -> SegmentationModel:
+    """``build_model`` whose random initialisation is reproducible from ``encoder_seed``.
+
+    The builder runs under a forked global RNG seeded with ``encoder_seed`` (so even builders
+    without an ``encoder_seed`` option rebuild the same random encoder), and ``encoder_seed`` is
+    passed on when no weights file is used and the builder takes it. The caller's RNG state is
+    left untouched.
+    """
+    from rsprompt.models.registry import build_model
+
+    if weights is None and encoder_seed is not None and _builder_accepts(method, "encoder_seed"):
+        kwargs.setdefault("encoder_seed", encoder_seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0 if encoder_seed is None else int(encoder_seed))
+        return build_model(method, encoder, num_classes, aux_channels, weights=weights, **kwargs)
+
+
 def build_from_meta(
     meta: dict[str, Any], weights: str | None = None, source: str | Path = "checkpoint"
 ) -> SegmentationModel:
     """Rebuild the (untrained) model that a checkpoint's ``meta`` describes."""
-    from rsprompt.models.registry import build_model
-
     path = resolve_encoder_weights(meta, weights, source)
     kwargs = dict(meta.get("model_kwargs") or {})
-    if path is None and meta.get("encoder_seed") is not None:
-        kwargs["encoder_seed"] = meta["encoder_seed"]
     try:
-        return build_model(
+        return build_seeded(
             meta["method"],
             meta["encoder"],
             meta["num_classes"],
             meta["aux_channels"],
-            weights=path,
+            path,
+            meta.get("encoder_seed"),
             **kwargs,
         )
     except KeyError as e:

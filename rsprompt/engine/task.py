@@ -30,6 +30,7 @@ from rsprompt.engine.checkpoint import (
     SPECIAL_WEIGHTS,
     CheckpointError,
     _fingerprints_match,
+    build_seeded,
     encoder_fingerprint,
     model_meta,
     weights_record,
@@ -58,55 +59,107 @@ def check_weights(weights: str | None) -> None:
     if not Path(weights).expanduser().is_file():
         raise WeightsNotFoundError(
             f"encoder weights file not found: {weights}. Download the encoder's pretrained "
-            f"weights and pass --model.weights PATH (or set model.init_args.weights in the "
+            f"weights and pass --model.weights PATH (or set model.weights in the "
             f"config), or pass --model.weights null to train on a randomly initialised encoder "
             f"(seeded by --model.encoder_seed; only useful for tests and smoke runs)."
         )
 
 
 def _get(obj: Any, *names: str, default: Any = None) -> Any:
+    """First attribute of ``obj`` among ``names`` that is set and not a method."""
     for n in names:
         v = getattr(obj, n, None)
-        if v is not None:
-            return v() if callable(v) and n in ("class_table",) else v
+        if v is not None and not callable(v):
+            return v
     return default
 
 
 def datamodule_info(dm: Any) -> dict[str, Any]:
     """What the task and the checkpoint need from a datamodule (read defensively).
 
-    Looks for ``class_table`` (a :class:`~rsprompt.data.labels.ClassTable`) or ``class_names`` /
-    ``classes`` and ``colors``; ``normalization``; ``aux_kind``; ``bands``; ``dataset``;
-    ``label_variant``; ``patch_size``; ``ignore_index``.
+    Works with :class:`rsprompt.data.datamodules.MultimodalDataModule` (class table, dataset name
+    and aux kind from its dataset class, label variant from ``labels``) and with any datamodule
+    that exposes ``class_table`` (a :class:`~rsprompt.data.labels.ClassTable`) or
+    ``class_names``/``colors``, ``normalization``, ``aux_kind``, ``aux_channels``, ``bands``,
+    ``dataset``, ``label_variant``, ``patch_size`` and ``ignore_index``.
     """
-    table = _get(dm, "class_table", "classes_table")
-    names = _get(dm, "class_names", "classes")
+    datasets = getattr(dm, "datasets", None)
+    ds = next(iter(datasets.values()), None) if isinstance(datasets, dict) and datasets else None
+    ds_cls = getattr(dm, "dataset_class", None)
+    table = _get(dm, "class_table")
+    for source in (ds, ds_cls):
+        if table is None and source is not None:
+            cand = getattr(source, "classes", None)
+            table = cand if hasattr(cand, "names") else None
+    names = _get(dm, "class_names")
     colors = _get(dm, "colors", "class_colors")
     if table is not None:
         names = names if names is not None else list(table.names)
         colors = colors if colors is not None else [list(c) for c in table.colors]
-    norm = _get(dm, "normalization", "norm")
-    aux_kind = _get(dm, "aux_kind")
+    norm = _get(dm, "normalization")
+    aux_kind = _get(dm, "aux_kind") or _get(ds, "aux_kind") or _get(ds_cls, "aux_kind")
     if aux_kind is None and norm is not None and getattr(norm, "aux", None) is not None:
         aux_kind = norm.aux.to_dict().get("kind")
+    aux_channels = _get(dm, "aux_channels")
+    if aux_channels is None and aux_kind is not None:
+        aux_channels = 1  # DSM and SAR rasters are single-band in every supported dataset
     bands = _get(dm, "bands")
     if bands is None and norm is not None:
         bands = getattr(getattr(norm, "optical", None), "bands", None)
     patch = _get(dm, "patch_size")
     if isinstance(patch, list | tuple):
         patch = int(patch[0])
+    dataset = _get(dm, "dataset_name") or _get(ds, "dataset_name") or _get(ds_cls, "dataset_name")
+    if dataset is None and isinstance(_get(dm, "dataset"), str):
+        dataset = dm.dataset
+    kwargs = getattr(dm, "dataset_kwargs", None) or {}
+    label_variant = _get(dm, "label_variant") or kwargs.get("labels")
+    if label_variant is None and dataset in ("vaihingen", "potsdam"):
+        label_variant = "full"
+    if label_variant is None and kwargs.get("keep_background"):
+        label_variant = "keep_background"
     return {
         "classes": None if names is None else [str(n) for n in names],
         "colors": None if colors is None else [list(map(int, c)) for c in colors],
         "normalization": norm,
         "aux_kind": aux_kind,
-        "aux_channels": _get(dm, "aux_channels"),
+        "aux_channels": aux_channels,
         "bands": None if bands is None else list(bands),
-        "dataset": _get(dm, "dataset", "dataset_name", "name"),
-        "label_variant": _get(dm, "label_variant", "labels"),
+        "dataset": dataset,
+        "label_variant": label_variant,
         "patch_size": patch,
         "ignore_index": int(_get(dm, "ignore_index", default=255)),
+        "datamodule": f"{type(dm).__module__}.{type(dm).__qualname__}",
+        "datamodule_kwargs": _datamodule_kwargs(dm),
     }
+
+
+def _datamodule_kwargs(dm: Any) -> dict[str, Any]:
+    """JSON-safe dataset options of an rsprompt datamodule (to rebuild it for evaluation)."""
+    out: dict[str, Any] = {}
+    for key in ("variant", "georeference", "val_stride"):
+        v = getattr(dm, key, None)
+        if isinstance(v, str | int | float | bool):
+            out[key] = v
+    for k, v in (getattr(dm, "dataset_kwargs", None) or {}).items():
+        if isinstance(v, str | int | float | bool) or v is None:
+            out[k] = v
+    return out
+
+
+def _accepts(method: str, name: str) -> bool:
+    """Whether ``method``'s model class takes the keyword ``name`` (e.g. RPN's class names)."""
+    import inspect
+
+    from rsprompt.models.registry import get_builder
+
+    builder = get_builder(method)
+    if name in inspect.signature(builder).parameters:
+        return True
+    cls = getattr(builder, "__annotations__", {}).get("return")
+    mod = inspect.getmodule(builder)
+    cls = getattr(mod, cls, None) if isinstance(cls, str) else cls
+    return inspect.isclass(cls) and name in inspect.signature(cls.__init__).parameters
 
 
 def _collect_rng() -> dict[str, Any]:
@@ -170,6 +223,10 @@ class SegmentationTask(pl.LightningModule):
             mIoU seen/unseen and hIoU.
         metrics_dir: Where validation metrics JSON go (default: the trainer's
             ``default_root_dir``).
+        eval_window: Sliding-window size of the test protocol (recorded in the checkpoint as
+            ``rsprompt evaluate``'s default; default the patch size).
+        eval_stride: Stride of the test protocol (default half the window).
+        eval_blend: ``sum`` (raw logits summed over overlaps, as the papers) or ``cosine``.
     """
 
     def __init__(
@@ -199,6 +256,9 @@ class SegmentationTask(pl.LightningModule):
         mean_classes: list[int] | None = None,
         unseen_classes: list[str | int] | None = None,
         metrics_dir: str | None = None,
+        eval_window: int | None = None,
+        eval_stride: int | None = None,
+        eval_blend: Literal["sum", "cosine"] = "sum",
     ) -> None:
         super().__init__()
         check_weights(weights)
@@ -233,7 +293,7 @@ class SegmentationTask(pl.LightningModule):
         Args:
             data_info: Overrides :attr:`data_info` (see :func:`datamodule_info`).
         """
-        from rsprompt.models.registry import build_model, default_aux_channels
+        from rsprompt.models.registry import default_aux_channels
 
         hp = self.hparams
         if data_info is not None:
@@ -257,15 +317,19 @@ class SegmentationTask(pl.LightningModule):
             aux = default_aux_channels(hp.method) if info.get("aux_kind") or not info else 0
         kwargs = dict(hp.model_kwargs or {})
         kwargs.update((hp.encoder_options or {}).get(hp.encoder, {}))
+        if hp.unseen_classes:
+            self.seen_ids, self.unseen_ids = split_classes(self.class_names, hp.unseen_classes)
+        if _accepts(hp.method, "class_names"):  # open-vocabulary methods take the names
+            kwargs.setdefault("class_names", list(self.class_names))
+            if self.seen_ids is not None:
+                kwargs.setdefault("seen_classes", [self.class_names[i] for i in self.seen_ids])
         self.build_kwargs = kwargs
         self.weights_record = weights_record(hp.weights)
-        extra = {} if hp.weights is not None else {"encoder_seed": hp.encoder_seed}
-        self.model = build_model(
-            hp.method, hp.encoder, k, int(aux), weights=hp.weights, **kwargs, **extra
+        self.model = build_seeded(
+            hp.method, hp.encoder, k, int(aux), hp.weights, hp.encoder_seed, **kwargs
         )
         self.aux_channels = int(aux)
         if hp.unseen_classes:
-            self.seen_ids, self.unseen_ids = split_classes(self.class_names, hp.unseen_classes)
             if not hasattr(self.model, "set_vocabulary"):
                 raise ValueError(
                     f"unseen_classes needs an open-vocabulary method (rpn), not {hp.method}"
@@ -310,6 +374,13 @@ class SegmentationTask(pl.LightningModule):
             unseen_classes=None
             if self.unseen_ids is None
             else [self.class_names[i] for i in self.unseen_ids],
+            datamodule=info.get("datamodule"),
+            datamodule_kwargs=info.get("datamodule_kwargs"),
+            evaluation={
+                "window": hp.eval_window,
+                "stride": hp.eval_stride,
+                "blend": hp.eval_blend,
+            },
         )
 
     # ------------------------------------------------------------------ steps
@@ -393,13 +464,20 @@ class SegmentationTask(pl.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW/SGD over the trainable parameters with the warm-up + decay schedule."""
         hp = self.hparams
+        lr_mult = hp.lr_mult
+        if lr_mult is None:  # the method's own recipe (e.g. RPN's 10x groups), where it has one
+            own = getattr(self.model, "lr_multipliers", None) or {}
+            present = {
+                n.split(".", 1)[0] for n, p in self.model.named_parameters() if p.requires_grad
+            }
+            lr_mult = {k: v for k, v in own.items() if k in present}
         opt = build_optimizer(
             self.model,
             hp.optimizer,
             lr=hp.lr,
             weight_decay=hp.weight_decay,
             no_decay_1d=hp.no_decay_1d,
-            lr_mult=hp.lr_mult,
+            lr_mult=lr_mult,
             betas=tuple(hp.betas),
             momentum=hp.momentum,
         )

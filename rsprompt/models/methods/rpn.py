@@ -410,7 +410,13 @@ class RPN(SegmentationModel):
         if aux_valid is None:
             aux_valid = torch.isfinite(aux).all(dim=1, keepdim=True)
         aux = torch.nan_to_num(aux, nan=0.0, posinf=0.0, neginf=0.0)
-        return self.aux_stem(aux, aux_valid.to(aux.dtype))
+        tokens = self.aux_stem(aux, aux_valid.to(aux.dtype))
+        # The frozen CLIP position embedding at the aux token grid lets the frozen attention
+        # relate each aux token to the patches it covers.
+        v = self.image_encoder
+        g = self.aux_stem.grid
+        pos = resample_grid(v.positional_embedding[1:], tuple(v.grid_size), (g, g))
+        return tokens + pos.to(tokens.dtype)
 
     def forward_logits(
         self,

@@ -352,16 +352,18 @@ def _gen_isprs(rng: np.random.Generator, h: int, w: int, scale: float) -> _Canva
     # Streets with sidewalks (impervious); each street line has its own surface colour.
     du = np.abs(np.mod(cv.U - off_u + su / 2, su) - su / 2)
     dv = np.abs(np.mod(cv.V - off_v + sv / 2, sv) - sv / 2)
-    ku = np.floor((cv.U - off_u + su / 2) / su).astype(np.int64)
-    kv = np.floor((cv.V - off_v + sv / 2) / sv).astype(np.int64)
     n_lines = 64
     line_colors = np.stack([_paved_color(rng) for _ in range(n_lines)], axis=1)
     walk = (du < road_w / 2 + walk_w) | (dv < road_w / 2 + walk_w)
     road_u, road_v = du < road_w / 2, dv < road_w / 2
+    del du, dv
     cv.paint((slice(None), slice(None)), walk, IMPERVIOUS, _paved_color(rng), 0.0, _PAVED)
-    for road, k in ((road_v, kv + n_lines // 2), (road_u, ku)):
-        cols = line_colors[:, np.mod(k, n_lines)]
-        cv.color[:, road] = cols[:, road]
+    for road, coord, off, sp, first in (
+        (road_v, cv.V, off_v, sv, n_lines // 2),
+        (road_u, cv.U, off_u, su, 0),
+    ):
+        k = np.floor((coord[road] - off + sp / 2) / sp).astype(np.int64) + first
+        cv.color[:, road] = line_colors[:, np.mod(k, n_lines)]
         cv.labels[road] = IMPERVIOUS
         cv.tex[road] = _PAVED
 
@@ -808,19 +810,22 @@ def generate_scene(
     # Optical: per-object colour × texture × shading, sensor noise, slight blur.
     trng = np.random.default_rng(tex_ss)
     m = min(h, w)
-    amps = _TEX_AMPS[cv.tex]
-    mult = (
-        1.0
-        + amps[..., 0] * trng.standard_normal((h, w), np.float32)
-        + amps[..., 1] * value_noise(trng, (h, w), 2.5 * scale if kind == "isprs" else 1.5)
-        + amps[..., 2] * fractal_noise(trng, (h, w), max(m / 4, 4), octaves=2)
+    tex = cv.tex
+    mult = _TEX_AMPS[:, 0][tex] * trng.standard_normal((h, w), np.float32)
+    mult += _TEX_AMPS[:, 1][tex] * value_noise(
+        trng, (h, w), 2.5 * scale if kind == "isprs" else 1.5
     )
-    rgbn = cv.color * (mult * cv.shade)[None]
+    mult += _TEX_AMPS[:, 2][tex] * fractal_noise(trng, (h, w), max(m / 4, 4), octaves=2)
+    mult += 1.0
+    mult *= cv.shade
     sensor = trng.standard_normal((h, w), np.float32) * np.float32(1.5)
-    for b in range(4):  # independent per-pixel noise per band, from one field
-        rgbn[b] += np.roll(sensor, (b * 7) % h, axis=0) if b else sensor
-    rgbn = 0.4 * rgbn + 0.6 * blur3(rgbn)
-    rgbn = np.clip(np.rint(rgbn), 0, 255).astype(np.uint8)
+    rgbn = np.empty((4, h, w), np.uint8)
+    for b in range(4):  # band by band: bounded memory on large scenes
+        band = cv.color[b] * mult
+        band += np.roll(sensor, (b * 7) % h, axis=0) if b else sensor  # independent per band
+        band = 0.4 * band + 0.6 * blur3(band)
+        rgbn[b] = np.clip(np.rint(band), 0, 255)
+    del mult, sensor
     optical = convert_bands(rgbn, "rgbir", bands)
 
     # Terrain: a gentle plane plus low-frequency relief; DSM = terrain + objects + noise.

@@ -661,3 +661,62 @@ def test_column_bands_give_the_same_map(tmp_path):
     assert np.abs(outs[512][1].astype(int) - outs[15][1]).max() <= 1
     assert outs[512][2].counts == outs[15][2].counts
     assert outs[15][2].windows > outs[512][2].windows  # border windows computed per band
+
+
+def test_source_and_warped_aux_statistics_agree(tmp_path):
+    scene = write_raster(tmp_path / "s.tif", scene_array(200, 240))
+    from pyproj import Transformer
+
+    tr = Transformer.from_crs(CRS, "EPSG:32632", always_xy=True)
+    x0, y0 = tr.transform(ORIGIN[0] - 20, ORIGIN[1] + 20)
+    dsm = np.linspace(10, 90, 140 * 140, dtype=np.float32).reshape(140, 140)
+    aux = write_raster(
+        tmp_path / "d.tif", dsm, crs="EPSG:32632", transform=from_origin(x0, y0, 2.0, 2.0)
+    )
+    with SceneReader(scene, aux, aux_channels=1) as r:
+        fast = r.aux_statistics()  # the aux's own pixels inside the scene footprint
+        warped = r.aux_statistics(ground_cell=4)  # the warped aux on the scene grid
+    span = 80.0
+    assert abs(fast.min[0] - warped.min[0]) < 0.02 * span
+    assert abs(fast.max[0] - warped.max[0]) < 0.02 * span
+    assert 10.0 < fast.min[0] and fast.max[0] < 90.0  # only pixels inside the scene
+    assert warped.cell_min.shape == (50, 60)
+
+
+def test_checkpoint_ndsm_ground_is_scene_wide(tmp_path):
+    """nDSM normalisation: the ground grid is built once from streamed cell minima."""
+    from rsprompt.data.normalize import DSMNormalizer, Normalization, OpticalNormalizer
+    from rsprompt.inference.from_checkpoint import CheckpointNormalizer
+
+    scene = write_raster(tmp_path / "s.tif", scene_array(160, 200), res=0.5)
+    yy, xx = np.mgrid[0:160, 0:200]
+    dsm = (100 + 0.02 * xx).astype(np.float32)  # sloping ground
+    building = (yy // 40 % 2 == 1) & (xx // 50 % 2 == 1)
+    dsm[building] += 12.0
+    aux = write_raster(tmp_path / "d.tif", dsm, res=0.5)
+
+    class Tall(SegmentationModel):
+        def __init__(self):
+            super().__init__("test", "none", 2, 1)
+
+        def forward(self, image, aux=None, aux_valid=None):
+            return torch.cat([0.15 - aux, aux - 0.15], 1) * 100  # class 1 above 6 m
+
+    norm = CheckpointNormalizer(
+        Normalization(OpticalNormalizer(), DSMNormalizer("ndsm", cell_m=2.0, window_m=40.0)), 0.5
+    )
+    assert norm.ground_cell_px == 4 and norm.needs_aux_stats
+    out = tmp_path / "o.tif"
+    predict_scene(
+        scene,
+        Tall(),
+        out,
+        aux=aux,
+        normalize=norm,
+        window=64,
+        overlap=16,
+        classes=ClassTable(("ground", "tall"), ((0, 0, 0), (255, 0, 0))),
+        progress=False,
+    )
+    cls = read(out)[0]
+    assert (cls == building).mean() > 0.98

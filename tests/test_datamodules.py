@@ -95,7 +95,7 @@ def test_training_batches_align_with_the_files(roots, name):
 
 
 def test_per_epoch_seeding_is_reproducible(roots):
-    dm = VaihingenDataModule(roots["vaihingen"], patch_size=32, length=5, seed=7)
+    dm = VaihingenDataModule(roots["vaihingen"], patch_size=32, length=5, batch_size=1, seed=7)
     dm.setup("fit")
     s = dm.train_sampler
     s.set_epoch(3)
@@ -106,7 +106,7 @@ def test_per_epoch_seeding_is_reproducible(roots):
     c = [(x.start, y.start) for x, y in s]
     assert a == b and a != c and len(a) == 5
     assert s.epoch == 5  # advances by itself outside Lightning
-    other = VaihingenDataModule(roots["vaihingen"], patch_size=32, length=5, seed=8)
+    other = VaihingenDataModule(roots["vaihingen"], patch_size=32, length=5, batch_size=1, seed=8)
     other.setup("fit")
     other.train_sampler.set_epoch(3)
     assert [(x.start, y.start) for x, y in other.train_sampler] != a
@@ -181,4 +181,10 @@ def test_defaults_and_state(roots):
 def test_patch_larger_than_every_tile_fails_loudly(roots):
     dm = VaihingenDataModule(roots["vaihingen"], patch_size=128)
     with pytest.raises(ValueError, match="no 128×128 px patch can be sampled from the train tiles"):
+        dm.setup("fit")
+
+
+def test_epoch_shorter_than_a_batch_fails_loudly(roots):
+    dm = VaihingenDataModule(roots["vaihingen"], patch_size=32, length=4, batch_size=8)
+    with pytest.raises(ValueError, match="less than batch_size=8"):
         dm.setup("fit")

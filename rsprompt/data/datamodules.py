@@ -116,6 +116,11 @@ class MultimodalDataModule(LightningDataModule):
     def setup(self, stage: str) -> None:
         """Create the datasets and samplers ``stage`` needs (``fit``, ``validate``, ``test``)."""
         if stage == "fit":
+            if self.length is not None and self.length < self.batch_size:
+                raise ValueError(
+                    f"length={self.length} patches per epoch is less than batch_size="
+                    f"{self.batch_size}: the training loader (drop_last) would yield no batch"
+                )
             train = self.dataset("train")
             self.train_sampler = SeededRandomPatchSampler(
                 train, size=self.patch_size, length=self.length, seed=self.seed, split="train"

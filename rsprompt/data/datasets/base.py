@@ -340,22 +340,30 @@ class MultimodalTileDataset(GeoDataset):
         for p in positions:
             piece = self._read_tile_piece(p, dst)
             cov = piece["covered"]
+            if len(positions) == 1:  # the common case: pieces are already padded
+                image, covered = piece["image"], cov
+                aux = piece.get("aux", aux)
+                aux_valid = piece.get("aux_valid", aux_valid)
+                mask = piece.get("mask", mask)
+                break
             if image is None:
                 image = np.zeros((piece["image"].shape[0], h, w), np.float32)
-            image[:, cov] = piece["image"][:, cov]
+            np.copyto(image, piece["image"], where=cov[None])
             if "aux" in piece:
                 if aux.shape[0] != piece["aux"].shape[0]:
                     aux = np.zeros((piece["aux"].shape[0], h, w), np.float32)
-                aux[:, cov] = piece["aux"][:, cov]
-                aux_valid[:, cov] = piece["aux_valid"][:, cov]
+                np.copyto(aux, piece["aux"], where=cov[None])
+                np.copyto(aux_valid, piece["aux_valid"], where=cov[None])
             if "mask" in piece:
-                mask[cov] = piece["mask"][cov]
+                np.copyto(mask, piece["mask"], where=cov)
             covered |= cov
         assert image is not None
         if self.normalization is not None:
-            image = self.normalization.optical.apply(image, selected=True) * covered[None]
+            image = self.normalization.optical.apply(image, selected=True)
+        if not covered.all():
+            image = np.where(covered[None], image, 0)
         return {
-            "image": image.astype(np.float32),
+            "image": image.astype(np.float32, copy=False),
             "aux": aux,
             "aux_valid": aux_valid,
             "mask": mask,

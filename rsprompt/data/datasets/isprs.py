@@ -75,6 +75,22 @@ class ISPRSDataset(MultimodalTileDataset):
         if raw.shape[0] == 1:
             idx = raw[0].astype(np.int64)
             return np.where((idx >= 0) & (idx < 6), idx, IGNORE_INDEX).astype(np.uint8)
-        out, report = decode_isprs_rgb(raw[:3], tolerance=self.label_tolerance, return_report=True)
-        self._warn_unmatched(tile, report.unmatched)
-        return np.array(out, dtype=np.uint8)
+        return self._decode_rgb(raw[:3], tile)
+
+    def _decode_rgb(self, rgb: np.ndarray, tile: Tile) -> np.ndarray:
+        """Decode through the distinct colours only (a window holds few of them).
+
+        ``decode_isprs_rgb`` on a whole window sorts colour triplets (slow); packing each pixel
+        into one integer and decoding the distinct colours gives the same result ~100× faster.
+        """
+        codes = (
+            (rgb[0].astype(np.uint32) << 16) | (rgb[1].astype(np.uint32) << 8) | rgb[2]
+        ).ravel()
+        uniq, inverse, counts = np.unique(codes, return_inverse=True, return_counts=True)
+        colours = np.stack([(uniq >> 16) & 255, (uniq >> 8) & 255, uniq & 255], axis=-1)
+        colours = colours.astype(np.uint8)[:, None, :]
+        lut = np.asarray(decode_isprs_rgb(colours, tolerance=self.label_tolerance))[:, 0]
+        # An ignored colour farther than the tolerance from black (the boundary) matched nothing.
+        unmatched = (lut == IGNORE_INDEX) & (colours[:, 0].max(axis=-1) > self.label_tolerance)
+        self._warn_unmatched(tile, int(counts[unmatched].sum()))
+        return lut[inverse].reshape(rgb.shape[1:]).astype(np.uint8)

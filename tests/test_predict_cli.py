@@ -243,3 +243,26 @@ def test_potsdam_crop_aux_missing(tmp_path, checkpoint, shared_data):
     with rasterio.open(crops[0]) as src, rasterio.open(out) as ds:
         assert (ds.crs, ds.transform, ds.shape) == (src.crs, src.transform, src.shape)
     assert Path(f"{out}.aux.xml").exists()
+
+
+def test_palette_and_classes_options(tmp_path, checkpoint, scenes):
+    from rsprompt.inference.from_checkpoint import parse_palette
+    from rsprompt.inference.reader import PredictError
+
+    assert parse_palette("potsdam", 2) == [(255, 255, 255), (0, 0, 255)]
+    assert parse_palette("#ff0000, #00ff00", 2) == [(255, 0, 0), (0, 255, 0)]
+    f = tmp_path / "pal.txt"
+    f.write_text("#010203\n#040506\n")
+    assert parse_palette(str(f), 1) == [(1, 2, 3)]
+    with pytest.raises(PredictError, match="2 colours for 3 classes"):
+        parse_palette("#ff0000,#00ff00", 3)
+    with pytest.raises(PredictError, match="not a #rrggbb"):
+        parse_palette("red,green", 2)
+    _, sc = scenes
+    out = tmp_path / "m.tif"
+    pal = ",".join(["#102030"] * 6)
+    res = run(sc["south"], "-m", checkpoint, "-o", out, "-q", "--palette", pal)
+    assert res.exit_code == 0, res.output
+    assert rasterio.open(out).colormap(1)[0][:3] == (16, 32, 48)
+    res = run(sc["south"], "-m", checkpoint, "-o", tmp_path / "x.tif", "--classes", "a,b")
+    assert res.exit_code == 1 and "not open-vocabulary" in res.output

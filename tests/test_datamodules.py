@@ -188,3 +188,22 @@ def test_epoch_shorter_than_a_batch_fails_loudly(roots):
     dm = VaihingenDataModule(roots["vaihingen"], patch_size=32, length=4, batch_size=8)
     with pytest.raises(ValueError, match="less than batch_size=8"):
         dm.setup("fit")
+
+
+def test_worker_processes_read_the_same_batches(roots):
+    def first_batch(workers):
+        dm = PotsdamDataModule(
+            roots["potsdam"],
+            patch_size=32,
+            length=4,
+            batch_size=4,
+            num_workers=workers,
+            augment=False,
+        )
+        dm.setup("fit")
+        dm.train_sampler.set_epoch(2)
+        return next(iter(dm.train_dataloader()))
+
+    a, b = first_batch(0), first_batch(1)
+    for key in ("image", "aux", "aux_valid", "mask"):
+        assert torch.equal(a[key], b[key])

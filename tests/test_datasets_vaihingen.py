@@ -183,3 +183,16 @@ def test_real_vaihingen_crop_as_an_official_tile(shared_data, tmp_path):
     np.testing.assert_array_equal(tile["mask"], expected)
     img = np.moveaxis(np.asarray(Image.open(real / "img_dir" / "area1_0_0_512_512.png")), -1, 0)
     np.testing.assert_array_equal(tile["image"], img.astype(np.float32))
+
+
+def test_world_files_for_some_areas_only_fall_back_to_local_grids(tmp_path, caplog):
+    paths = load_make("vaihingen").make(tmp_path, tiles=(1, 3), dsm_world_files=True)
+    paths[3]["dsm_world"].unlink()
+    with caplog.at_level(logging.WARNING):
+        ds = Vaihingen(tmp_path, "train")
+    assert {g.source for g in ds.grids} == {"local"}
+    assert "all tiles use the local grid" in caplog.text
+    for sl in RandomPatchSampler(ds, size=32, length=4, generator=2):
+        assert_sample_matches_files(ds, sl, 32)
+    with pytest.raises(ValueError, match="georeference must be"):
+        Vaihingen(tmp_path, "train", georeference="maybe")

@@ -134,3 +134,26 @@ def test_missing_sar_becomes_zeros_with_invalid_mask(tmp_path):
     assert np.isfinite(tile["image"]).all()
     optical = read(paths["NH49E004021"]["image"])[[2, 1, 0]]  # band order as selected
     np.testing.assert_allclose(tile["image"], norm.optical.apply(optical, selected=True), rtol=1e-6)
+
+
+def test_sar_on_a_coarser_grid_is_warped_onto_the_optical_grid(tmp_path):
+    paths = load_make("whu-opt-sar").make(tmp_path, tiles=("NH49E004021",))
+    sar = paths["NH49E004021"]["sar"]
+    with rasterio.open(sar) as src:
+        profile, transform = src.profile, src.transform
+    ramp = np.tile(np.arange(48, dtype=np.float32) * 2.0, (48, 1))[None]  # 10 m pixels
+    coarse = transform * rasterio.Affine.scale(2.0)
+    profile.update(width=48, height=48, transform=coarse, dtype="float32")
+    with rasterio.open(sar, "w", **profile) as dst:
+        dst.write(ramp)
+    norm = Normalization(
+        OpticalNormalizer(bands=(0, 1, 2)), SARNormalizer(mode="db", db_min=0, db_max=200)
+    )
+    ds = WHUOptSar(tmp_path, tiles=["NH49E004021"], normalization=norm)
+    assert ds.grids[0].aux.res == (10.0, 10.0)
+    tile = ds.read_tile("NH49E004021")
+    assert tile["aux"].shape == (1, 96, 96) and tile["aux_valid"][0, 2:-2, 2:-2].all()
+    # bilinear resampling of a linear ramp: value at 5 m pixel centre c is (c + 0.5) / 2 - 0.5, ×2
+    cols = np.arange(96, dtype=np.float32)
+    expected = ((cols + 0.5) / 2 - 0.5) * 2.0 / 200.0
+    np.testing.assert_allclose(tile["aux"][0, 10, 4:-4], expected[4:-4], atol=2e-3)

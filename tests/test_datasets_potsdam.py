@@ -153,3 +153,24 @@ def test_real_potsdam_crop_labels(shared_data, tmp_path):
     expected = np.asarray(Image.open(derived / "2_10_0_0_512_512_label_idx0-5_ignore255.png"))
     np.testing.assert_array_equal(tile["mask"], expected)
     assert tile["transform"].c == pytest.approx(366976.5)
+
+
+@pytest.mark.parametrize("mode", ["minmax", "ndsm"])
+def test_tile_statistics_make_windows_seamless(potsdam, mode):
+    from rsprompt.data.normalize import DSMNormalizer, Normalization, OpticalNormalizer
+
+    root, _ = potsdam
+    norm = Normalization(OpticalNormalizer(), DSMNormalizer(mode=mode, cell_m=0.25, window_m=2.0))
+    ds = Potsdam(root, tiles=["2_13"], normalization=norm)
+    whole = ds.read_tile("2_13")
+    t = whole["transform"]
+    for r, c in ((0, 0), (40, 24), (64, 64)):
+        x0, y1 = t.c + c * t.a, t.f + r * t.e
+        sample = ds[x0 : x0 + 32 * t.a, y1 - 32 * 0.05 : y1]
+        np.testing.assert_allclose(
+            sample["aux"].numpy(), whole["aux"][:, r : r + 32, c : c + 32], atol=1e-6
+        )
+        np.testing.assert_allclose(
+            sample["image"].numpy(), whole["image"][:, r : r + 32, c : c + 32], atol=1e-6
+        )
+    assert 0.0 <= whole["aux"].min() and whole["aux"].max() <= 1.0

@@ -567,6 +567,10 @@ def select_tiles(
                 "%s tile %s: no %s label, using the %s one", dataset, t, label_variant, other
             )
             label = roles[f"label:{other}"]
+        if label is None:
+            log.warning("%s tile %s: no label file, its mask is all ignore", dataset, t)
+        if "aux" not in roles:
+            log.warning("%s tile %s: no aux file, served as zeros with aux_valid 0", dataset, t)
         out.append(Tile(t, roles[image_role], roles.get("aux"), label))
     if not out:
         raise FileNotFoundError(

@@ -157,3 +157,24 @@ def test_sar_on_a_coarser_grid_is_warped_onto_the_optical_grid(tmp_path):
     cols = np.arange(96, dtype=np.float32)
     expected = ((cols + 0.5) / 2 - 0.5) * 2.0 / 200.0
     np.testing.assert_allclose(tile["aux"][0, 10, 4:-4], expected[4:-4], atol=2e-3)
+
+
+def test_uint16_sar_keeps_full_precision(tmp_path):
+    from rsprompt.data.normalize import DSMNormalizer
+
+    paths = load_make("whu-opt-sar").make(tmp_path, tiles=("NH49E004021",))
+    sar = paths["NH49E004021"]["sar"]
+    with rasterio.open(sar) as src:
+        profile = src.profile
+    values = (np.arange(96 * 96, dtype=np.uint32).reshape(1, 96, 96) * 7 + 1).astype(np.uint16)
+    profile.update(dtype="uint16")
+    with rasterio.open(sar, "w", **profile) as dst:
+        dst.write(values)
+    identity = Normalization(
+        OpticalNormalizer(bands=(0, 1, 2)),
+        DSMNormalizer(mode="global"),  # identity on any aux
+    )
+    tile = WHUOptSar(tmp_path, tiles=["NH49E004021"], normalization=identity).read_tile(
+        "NH49E004021"
+    )
+    np.testing.assert_array_equal(tile["aux"], values.astype(np.float32))

@@ -210,6 +210,11 @@ class AuxNormalizer:
     kind: ClassVar[str] = ""
     nodata: float | None
 
+    @property
+    def needs_fit(self) -> bool:
+        """True when :meth:`apply` needs statistics from :meth:`fit`."""
+        return False
+
     def fit(self, values: Array, valid: Array | None = None, res: float = 1.0) -> dict[str, Any]:
         """Compute the statistics ``apply`` needs from a whole tile or scene.
 
@@ -350,6 +355,11 @@ class DSMNormalizer(AuxNormalizer):
             raise ValueError(f"unknown DSM normalisation mode {self.mode!r}")
         if self.std <= 0 or self.max_height_m <= 0 or self.cell_m <= 0:
             raise ValueError("std, cell_m and max_height_m must be positive")
+
+    @property
+    def needs_fit(self) -> bool:
+        """True for ``minmax`` and ``ndsm`` (per-tile statistics)."""
+        return self.mode != "global"
 
     def fit(self, values: Array, valid: Array | None = None, res: float = 1.0) -> dict[str, Any]:
         """Per-tile statistics: min/max (``minmax``), ground grid (``ndsm``), none (``global``)."""

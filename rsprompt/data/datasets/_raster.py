@@ -163,7 +163,11 @@ def read_on_grid(
         ``H×W`` bool array of the pixels the source covers.
     """
     indexes = indexes or list(range(1, src.count + 1))
-    dtype = np.result_type(np.dtype(src.dtypes[indexes[0] - 1]), np.min_scalar_type(fill))
+    src_dtype = np.dtype(src.dtypes[indexes[0] - 1])
+    if np.isnan(fill):  # float32 at least: float16 would round uint16 values
+        dtype = np.result_type(src_dtype, np.float32)
+    else:
+        dtype = np.result_type(src_dtype, np.min_scalar_type(fill))
     out = np.full((len(indexes), dst.height, dst.width), fill, dtype=dtype)
     covered = np.zeros((dst.height, dst.width), bool)
     off = _aligned_offset(src_grid, dst)

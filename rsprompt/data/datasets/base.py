@@ -275,7 +275,7 @@ class MultimodalTileDataset(GeoDataset):
         if position not in self._aux_stats:
             norm = self.normalization.aux if self.normalization is not None else None
             tile, grids = self.tiles[position], self.grids[position]
-            if norm is None or tile.aux is None or grids.aux is None:
+            if norm is None or not norm.needs_fit or tile.aux is None or grids.aux is None:
                 self._aux_stats[position] = {}
             else:
                 src = self._open(tile.aux)

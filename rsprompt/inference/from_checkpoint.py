@@ -79,6 +79,8 @@ class CheckpointNormalizer:
         aux = normalization.aux
         mode = getattr(aux, "mode", None)
         self.needs_aux_stats = getattr(aux, "kind", "") == "dsm" and mode in ("minmax", "ndsm")
+        # A scene-wide min–max compresses heights; an nDSM ground grid is local.
+        self.stats_compress_with_scene_size = mode == "minmax"
         self.ground_cell_px: int | None = (
             max(1, round(aux.cell_m / self.pixel_size)) if mode == "ndsm" else None
         )
@@ -279,6 +281,9 @@ class CheckpointPredictor:
                 bands = [b + 1 for b in optical.bands]
                 expected = len(bands)
                 optical = dataclasses.replace(optical, bands=None)
+            elif self.meta.get("bands"):
+                bands = [int(b) + 1 for b in self.meta["bands"]]  # recorded 0-based
+                expected = len(bands)
             elif len(optical.mean) > 1:
                 expected = len(optical.mean)
             norm = dataclasses.replace(self.normalization, optical=optical)

@@ -70,7 +70,10 @@ class SceneNormalizer(Protocol):
     ``predict_scene`` computes :class:`~rsprompt.inference.reader.AuxStats` over the valid aux
     pixels of the whole scene (a streaming pre-pass; with ``ground_cell_px`` set, also a grid of
     per-cell minima for ground estimation) and calls :meth:`fit` once, then calls the normaliser
-    on every window like a :data:`NormalizeFn`.
+    on every window like a :data:`NormalizeFn`. An optional attribute
+    ``stats_compress_with_scene_size`` (default True) says whether its statistics widen as the
+    scene grows (a min–max does, an nDSM ground grid does not): then a scene much larger than the
+    training tiles gets a warning.
     """
 
     needs_aux_stats: bool
@@ -348,7 +351,8 @@ def predict_scene(
         if reader.has_aux and isinstance(norm, SceneNormalizer) and norm.needs_aux_stats:
             stats = reader.aux_statistics(ground_cell=getattr(norm, "ground_cell_px", None))
             norm.fit(stats)
-            if train_patch_size and max(reader.height, reader.width) > 4 * train_patch_size:
+            big = train_patch_size and max(reader.height, reader.width) > 4 * train_patch_size
+            if big and getattr(norm, "stats_compress_with_scene_size", True):
                 warnings.warn(
                     f"the aux normalisation of this checkpoint takes statistics per training "
                     f"tile ({train_patch_size} px); over scene {scene.name} "

@@ -33,7 +33,7 @@ computed once per vocabulary (remote-sensing templates and land-cover synonyms b
 
 rsprompt extension — aux modality (DSM/SAR): with ``aux_channels > 0`` a light ``aux_stem``
 (two stride-2 convolutions, average pooling to a ``g×g`` grid, Linear to ``D``, plus one learned
-embedding per block) turns ``aux`` (and its validity mask) into ``g²`` extra prompt tokens
+embedding per block and the frozen position embedding resampled to the ``g×g`` grid) turns ``aux`` (and its validity mask) into ``g²`` extra prompt tokens
 inserted after the VPT tokens at every block (outputs discarded). RPN's paper configuration has no
 aux modality (``aux_channels=0``).
 """

@@ -7,6 +7,7 @@ import time
 import pytest
 import torch
 
+from rsprompt.models.encoders import build_encoder
 from rsprompt.models.methods.gopt import (
     GoPT,
     build_gopt,
@@ -44,7 +45,7 @@ def perturb_prompts(model: GoPT, seed: int = 1) -> None:
 
 def frozen_taps(model: GoPT, image: torch.Tensor) -> list[torch.Tensor]:
     """Tap features of the frozen ViT alone (no prompts)."""
-    enc = model.encoder
+    enc = model.vit
     x = enc.norm_pre(enc.patch_drop(enc._pos_embed(enc.patch_embed(image))))
     out = []
     for i, block in enumerate(enc.blocks):
@@ -242,6 +243,15 @@ def test_short_training_learns_from_the_dsm() -> None:
     )
 
 
-def test_rejects_non_vit() -> None:
-    with pytest.raises(TypeError, match="VisionTransformer"):
-        GoPT(torch.nn.Linear(2, 2), "linear", 3, 1)
+def test_rejects_non_vit_and_records_the_encoder() -> None:
+    with pytest.raises(TypeError, match="ViT"):
+        GoPT(build_encoder("test_resnet"), 3, 1)
+    with pytest.raises(TypeError, match="ViT"):
+        build_gopt("test_resnet", 3, 1)
+    model = tiny()
+    assert model.encoder.describe()["taps"] == model.tap_indices == [0, 1, 2, 3]
+    assert model.normalization["mean"] == tuple(model.encoder.mean)
+    # The random encoder is reproducible from encoder_seed.
+    other = build_gopt("vit_base_patch16_224", 3, 1, encoder_kwargs=TINY, encoder_seed=0)
+    for a, b in zip(model.encoder.parameters(), other.encoder.parameters(), strict=True):
+        assert torch.equal(a, b)

@@ -59,6 +59,7 @@ from torch import Tensor, nn
 from rsprompt.data.labels import IGNORE_INDEX
 from rsprompt.models.base import SegmentationModel
 from rsprompt.models.decoders import UPerNet
+from rsprompt.models.encoders import FrozenEncoder, build_encoder
 from rsprompt.models.registry import register_method
 
 __all__ = [
@@ -278,9 +279,9 @@ class GoPT(SegmentationModel):
     """GoPT on a frozen timm ``VisionTransformer`` (see the module docstring).
 
     Args:
-        encoder: A timm ``VisionTransformer`` (built with ``dynamic_img_size=True`` to accept crops
-            other than its pretraining size); frozen here.
-        encoder_name: Its name (for reports and checkpoints).
+        encoder: A frozen ViT encoder of :mod:`rsprompt.models.encoders` (``build_encoder`` of a
+            timm ``VisionTransformer``, built with ``dynamic_img_size=True``); its ``taps`` are the
+            decoder taps unless ``tap_indices`` is given.
         num_classes: Number of classes ``K``.
         aux_channels: Aux channels ``A`` (0 = no aux modality: the aux stream is the position
             embedding alone).
@@ -298,8 +299,7 @@ class GoPT(SegmentationModel):
 
     def __init__(
         self,
-        encoder: nn.Module,
-        encoder_name: str,
+        encoder: FrozenEncoder,
         num_classes: int,
         aux_channels: int = 3,
         bottleneck_dim: int = 8,
@@ -309,22 +309,25 @@ class GoPT(SegmentationModel):
         pyramid_channels: int = 128,
         acp_query: str = "fused",
     ) -> None:
-        super().__init__("gopt", encoder_name, num_classes, aux_channels)
-        for attr in ("patch_embed", "blocks", "_pos_embed", "num_prefix_tokens", "embed_dim"):
-            if not hasattr(encoder, attr):
-                raise TypeError(
-                    f"GoPT needs a plain timm VisionTransformer; {type(encoder).__name__} has no "
-                    f"{attr!r}"
-                )
-        if not getattr(encoder, "dynamic_img_size", False):
-            raise ValueError("build the ViT with dynamic_img_size=True (timm.create_model(...))")
+        vit = getattr(encoder, "model", None)
+        if getattr(encoder, "family", "") != "vit" or vit is None:
+            raise TypeError(
+                "GoPT needs a plain ViT encoder (rsprompt.models.encoders.build_encoder of a timm "
+                f"VisionTransformer), got {type(encoder).__name__}"
+            )
+        if not getattr(vit, "dynamic_img_size", False):
+            raise ValueError("the ViT must be built with dynamic_img_size=True")
+        super().__init__("gopt", encoder.name, num_classes, aux_channels)
         self.encoder = encoder
-        depth = len(encoder.blocks)
-        self.tap_indices = sorted(set(tap_indices or default_tap_indices(depth)))
+        depth = len(vit.blocks)
+        self.tap_indices = sorted(set(tap_indices or getattr(encoder, "taps", None) or []))
+        if not self.tap_indices:
+            self.tap_indices = default_tap_indices(depth)
         if len(self.tap_indices) != 4 or not all(0 <= i < depth for i in self.tap_indices):
             raise ValueError(
                 f"tap_indices must be 4 block indices in [0, {depth}), got {tap_indices}"
             )
+        encoder = vit  # below: the timm VisionTransformer itself
         self.embed_dim = dim = int(encoder.embed_dim)
         patch = encoder.patch_embed.patch_size
         self.patch_size: tuple[int, int] = (int(patch[0]), int(patch[1]))
@@ -346,20 +349,21 @@ class GoPT(SegmentationModel):
         )
         self.acp = CrossModalPrompter(bottleneck_dim)
         self.decoder = GoPTDecoder(dim, num_classes, pyramid_channels, decoder_channels)
-        cfg = getattr(encoder, "pretrained_cfg", None) or {}
         #: Optical normalisation of the encoder's pretraining (mean, std per channel).
-        self.normalization = {
-            "mean": tuple(cfg.get("mean", (0.485, 0.456, 0.406))),
-            "std": tuple(cfg.get("std", (0.229, 0.224, 0.225))),
-        }
+        self.normalization = {"mean": tuple(self.encoder.mean), "std": tuple(self.encoder.std)}
         self.freeze()
+
+    @property
+    def vit(self) -> nn.Module:
+        """The frozen timm ``VisionTransformer`` inside :attr:`encoder`."""
+        return self.encoder.model
 
     # ------------------------------------------------------------------ aux stream
     def _aux_pos_embed(self, grid: tuple[int, int], ref: Tensor) -> Tensor:
         """Frozen position embedding of the patch tokens on ``grid`` (``1×N×D``)."""
         from timm.layers import resample_abs_pos_embed
 
-        enc = self.encoder
+        enc = self.vit
         if getattr(enc, "pos_embed", None) is None:
             return ref.new_zeros(1, grid[0] * grid[1], self.embed_dim)
         prefix = 0 if enc.no_embed_class else enc.num_prefix_tokens
@@ -413,7 +417,7 @@ class GoPT(SegmentationModel):
             ``(taps, grid, assignments)``: the 4 tapped patch-token tensors ``B×N×D``, the token
             grid ``(h, w)`` and every prompter's one-hot ``B×K×N`` assignment.
         """
-        enc = self.encoder
+        enc = self.vit
         x = enc.patch_embed(image)
         if x.ndim == 4:  # NHWC (dynamic_img_size)
             grid = (x.shape[1], x.shape[2])
@@ -456,18 +460,6 @@ class GoPT(SegmentationModel):
         return {"loss": ce, "ce": ce}
 
 
-def _create_vit(name: str, weights: str | None, **kwargs: Any) -> nn.Module:
-    import timm
-
-    kwargs.setdefault("dynamic_img_size", True)
-    kwargs.setdefault("num_classes", 0)
-    if weights is not None:
-        return timm.create_model(
-            name, pretrained=True, pretrained_cfg_overlay={"file": weights}, **kwargs
-        )
-    return timm.create_model(name, pretrained=False, **kwargs)
-
-
 @register_method("gopt")
 def build_gopt(
     encoder: str,
@@ -482,6 +474,7 @@ def build_gopt(
     decoder_channels: int = 64,
     pyramid_channels: int = 128,
     acp_query: str = "fused",
+    encoder_seed: int | None = 0,
     encoder_kwargs: dict[str, Any] | None = None,
 ) -> GoPT:
     """Build GoPT on a timm ViT.
@@ -490,7 +483,8 @@ def build_gopt(
         encoder: timm ViT name (paper configuration ``vit_base_patch16_224``, MAE weights).
         num_classes: Number of classes ``K``.
         aux_channels: Aux channels (default 3; 0 = none).
-        weights: Local weights file for the encoder (timm ``pretrained_cfg_overlay``).
+        weights: Encoder weights for :func:`~rsprompt.models.encoders.build_encoder`: a local file
+            (loaded through timm's ``pretrained_cfg_overlay``) or a hub alias; ``None`` = random.
         device: Build on this device (``"meta"`` to count parameters without memory).
         bottleneck_dim: Prompter width ``d`` (8 keeps ViT-B/16 under 1M prompt parameters).
         gumbel_tau: Gumbel-softmax temperature in training.
@@ -498,19 +492,25 @@ def build_gopt(
         decoder_channels: Width of the UPerNet head.
         pyramid_channels: Channels of every simple-pyramid level.
         acp_query: Query of the optical stream's ACP: ``"fused"`` (default) or ``"optical"``.
-        encoder_kwargs: Extra ``timm.create_model`` arguments (e.g. a tiny ViT:
-            ``{"depth": 4, "embed_dim": 64, "num_heads": 2, "patch_size": 8, "img_size": 64}``).
+        encoder_seed: Seed of the random encoder when ``weights`` is ``None``.
+        encoder_kwargs: Extra ``build_encoder`` / ``timm.create_model`` arguments (e.g. a tiny
+            ViT: ``{"depth": 4, "embed_dim": 64, "num_heads": 2, "patch_size": 8, "img_size": 64}``).
 
     Returns:
         The GoPT model with its encoder frozen.
     """
-    if device is not None and str(device) == "meta" and weights is not None:
-        raise ValueError("weights cannot be loaded on the meta device")
-    with torch.device(device) if device is not None else contextlib.nullcontext():
-        vit = _create_vit(encoder, weights, **(encoder_kwargs or {}))
-        return GoPT(
-            vit,
-            encoder,
+    kwargs = dict(encoder_kwargs or {})
+    if tap_indices is not None:
+        kwargs["taps"] = sorted(set(tap_indices))
+    enc = build_encoder(encoder, weights, device=device, encoder_seed=encoder_seed, **kwargs)
+    if enc.family != "vit":
+        raise TypeError(f"GoPT needs a plain ViT encoder; {encoder!r} is a {enc.family!r} encoder")
+    if enc.num_stages != 4:
+        raise ValueError(f"GoPT reads 4 taps; got taps {getattr(enc, 'taps', None)}")
+    is_meta = next(enc.parameters()).device.type == "meta"
+    with torch.device("meta") if is_meta else contextlib.nullcontext():
+        model = GoPT(
+            enc,
             num_classes,
             aux_channels,
             bottleneck_dim=bottleneck_dim,
@@ -520,3 +520,6 @@ def build_gopt(
             pyramid_channels=pyramid_channels,
             acp_query=acp_query,
         )
+    if device is not None and not is_meta:
+        model = model.to(device)
+    return model

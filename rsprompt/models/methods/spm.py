@@ -260,7 +260,7 @@ class SPM(SegmentationModel):
         taps, interim = self.forward_features(image, aux, aux_valid)
         logits = self.decoder(taps[-self.num_levels :], output_size=image.shape[-2:])[..., :h, :w]
         if self.training:
-            return {"logits": logits, "interim": interim, "input_size": (h, w)}
+            return {"logits": logits, "interim": interim}
         return logits
 
     def compute_loss(self, output: dict[str, Any], target: Tensor) -> dict[str, Tensor]:
@@ -303,6 +303,7 @@ def build_spm(
     dim: int = 64,
     aux_weight: float = 0.4,
     decoder_channels: int = 64,
+    encoder_seed: int | None = 0,
     encoder_kwargs: dict[str, Any] | None = None,
 ) -> SPM:
     """Build SPM on any staged encoder.
@@ -317,6 +318,7 @@ def build_spm(
         dim: Shared matcher width ``m``.
         aux_weight: Weight of each interim map's deep-supervision loss.
         decoder_channels: UPerNet width.
+        encoder_seed: Seed of the random encoder when ``weights`` is ``None``.
         encoder_kwargs: Extra ``build_encoder`` options (``taps`` for a ViT, ``img_size``, tiny
             model sizes such as ``{"depth": 4, "embed_dim": 64}``).
 
@@ -326,7 +328,7 @@ def build_spm(
     kwargs = dict(encoder_kwargs or {})
     if device is not None:
         kwargs["device"] = device
-    enc = build_encoder(encoder, weights, **kwargs)
+    enc = build_encoder(encoder, weights, encoder_seed=encoder_seed, **kwargs)
     is_meta = next(enc.parameters()).device.type == "meta"
     with torch.device("meta") if is_meta else contextlib.nullcontext():
         model = SPM(enc, num_classes, aux_channels, dim, aux_weight, decoder_channels)

@@ -106,6 +106,9 @@ def test_per_epoch_seeding_is_reproducible(roots):
     c = [(x.start, y.start) for x, y in s]
     assert a == b and a != c and len(a) == 5
     assert s.epoch == 5  # advances by itself outside Lightning
+    it = iter(s)
+    next(it)  # an epoch not read to the end still counts
+    assert s.epoch == 6
     other = VaihingenDataModule(roots["vaihingen"], patch_size=32, length=5, batch_size=1, seed=8)
     other.setup("fit")
     other.train_sampler.set_epoch(3)
@@ -207,3 +210,40 @@ def test_worker_processes_read_the_same_batches(roots):
     a, b = first_batch(0), first_batch(1)
     for key in ("image", "aux", "aux_valid", "mask"):
         assert torch.equal(a[key], b[key])
+
+
+def test_lightning_trainer_drives_the_datamodule(roots):
+    import lightning.pytorch as pl
+
+    class Tiny(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Conv2d(5, 6, 1)
+            self.seen = {"train": 0, "val": 0}
+
+        def training_step(self, batch, _):
+            x = torch.cat([batch["image"], batch["aux"], batch["aux_valid"]], 1)
+            self.seen["train"] += 1
+            return torch.nn.functional.cross_entropy(self.head(x), batch["mask"], ignore_index=255)
+
+        def validation_step(self, batch, _):
+            self.seen["val"] += 1
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    dm = VaihingenDataModule(roots["vaihingen"], patch_size=32, batch_size=2, length=4)
+    model = Tiny()
+    trainer = pl.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=2,
+    )
+    trainer.fit(model, datamodule=dm)
+    assert model.seen["train"] == 4 and model.seen["val"] >= 2
+    assert dm.train_sampler.epoch == 2  # epochs 0 and 1 were drawn

@@ -17,7 +17,7 @@ class SeededRandomPatchSampler(RandomPatchSampler):
 
     Epoch ``e`` draws its patches from ``numpy.random.default_rng([seed, e])``: the same epoch
     gives the same patches after a resume. Lightning calls :meth:`set_epoch` before every epoch;
-    outside Lightning the epoch advances by one after each full iteration.
+    outside Lightning the epoch advances by one at each new iteration.
 
     Args:
         dataset: Dataset to sample from.
@@ -50,10 +50,14 @@ class SeededRandomPatchSampler(RandomPatchSampler):
         self.epoch = int(epoch)
 
     def __iter__(self) -> Iterator[tuple[slice, slice]]:
-        """Yield this epoch's patches (reproducible from ``seed`` and the epoch)."""
+        """Return this epoch's patches (reproducible from ``seed`` and the epoch).
+
+        The epoch advances when iteration starts, whether or not it is exhausted (Lightning
+        stops after its batch count), unless :meth:`set_epoch` sets it again.
+        """
         self.generator = np.random.default_rng([self.seed, self.epoch])
-        yield from super().__iter__()
         self.epoch += 1
+        return super().__iter__()
 
 
 class TileGridSampler(GeoSampler):

@@ -1,0 +1,164 @@
+"""Every shipped config trains a few steps on generated fixture folders with a tiny encoder."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from rsprompt.cli import main
+from rsprompt.engine.cli_train import run_train
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(p.name for p in (ROOT / "configs").glob("*.yaml"))
+EXPECTED = {
+    "mobanet_vaihingen.yaml",
+    "mobanet_potsdam.yaml",
+    "dplnet_vaihingen.yaml",
+    "dplnet_potsdam.yaml",
+    "gopt_whu-opt-sar.yaml",
+    "gopt_vaihingen.yaml",
+    "spm_vaihingen.yaml",
+    "rpn_potsdam.yaml",
+}
+TINY_VIT = {"depth": 4, "embed_dim": 64, "num_heads": 2, "patch_size": 8, "img_size": 64}
+#: method -> (encoder, encoder_options for it) small enough for a CPU test.
+TINY = {
+    "mobanet": ("resnet18", {}),
+    "spm": ("resnet18", {}),
+    "dplnet": ("mit_b0", {"encoder_kwargs": {"depths": [1, 1, 1, 1]}}),
+    "gopt": ("vit_base_patch16_224", {"encoder_kwargs": TINY_VIT}),
+    "rpn": ("rsprompt-tiny-clip", {"img_size": 64}),
+}
+
+
+def _make(dataset: str, root: Path) -> Path:
+    spec = importlib.util.spec_from_file_location(
+        f"make_{dataset}", ROOT / "tests" / "data" / dataset / "make.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.make(root / dataset)
+    return root / dataset
+
+
+@pytest.fixture(scope="module")
+def fixtures(tmp_path_factory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("fixtures")
+    return {d: _make(d, base) for d in ("vaihingen", "potsdam", "whu-opt-sar")}
+
+
+def tiny_args(config: str, data_root: Path, out: Path, steps: int = 3) -> list[str]:
+    cfg = yaml.safe_load((ROOT / "configs" / config).read_text())
+    encoder, options = TINY[cfg["model"]["method"]]
+    return [
+        "--config",
+        str(ROOT / "configs" / config),
+        "--model.encoder",
+        encoder,
+        "--model.weights",
+        "null",
+        "--model.encoder_options",
+        json.dumps({encoder: options}),
+        "--data.root",
+        str(data_root),
+        "--data.patch_size",
+        "64",
+        "--data.batch_size",
+        "4",
+        "--data.num_workers",
+        "0",
+        "--data.length",
+        str(4 * steps),
+        "--trainer.max_steps",
+        str(steps),
+        "--trainer.default_root_dir",
+        str(out),
+        "--trainer.logger",
+        "false",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        "--trainer.num_sanity_val_steps",
+        "0",
+        "--trainer.limit_val_batches",
+        "2",
+    ]
+
+
+def _dataset_of(config: str) -> str:
+    return config.split("_", 1)[1].removesuffix(".yaml")
+
+
+def test_all_configs_shipped():
+    assert EXPECTED <= set(CONFIGS)
+    for name in CONFIGS:
+        cfg = yaml.safe_load((ROOT / "configs" / name).read_text())
+        assert cfg["model"]["weights"], f"{name} names no weights file"
+        assert cfg["trainer"]["max_steps"] > 0 and cfg["data"]["init_args"]["batch_size"] > 0
+        text = (ROOT / "configs" / name).read_text()
+        assert "Departures" in text or "CHOSEN recipe" in text, (
+            f"{name} does not say how it departs"
+        )
+
+
+#: Second configs of a method whose tiny build is slow on CPU: run with ``-m slow``.
+SLOW = {"dplnet_potsdam.yaml", "gopt_vaihingen.yaml"}
+
+
+@pytest.mark.parametrize(
+    "config", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW else c for c in CONFIGS]
+)
+def test_config_trains_with_tiny_encoder(config, fixtures, tmp_path):
+    out = tmp_path / "run"
+    result = run_train(tiny_args(config, fixtures[_dataset_of(config)], out))
+    ckpt = out / "model.ckpt"
+    assert ckpt.is_file() and (out / "checkpoints" / "last.ckpt").is_file()
+    obj = torch.load(ckpt, weights_only=True)
+    meta = obj["meta"]
+    assert meta["weights"] is None and meta["encoder_seed"] == 0
+    assert meta["dataset"] == _dataset_of(config) and meta["patch_size"] == 64
+    n = sum(v.numel() for v in obj["state_dict"].values())
+    assert ckpt.stat().st_size <= 4 * n * 1.01 + 512_000
+    metrics = json.loads((out / "val_metrics.json").read_text())
+    assert metrics["step"] == 3 and 0.0 <= metrics["oa"] <= 1.0
+    if meta["method"] == "rpn":
+        assert meta["unseen_classes"] == ["tree", "car"] and "hiou" in metrics
+    assert result["model_ckpt"] == ckpt
+
+
+def test_missing_weights_and_print_config(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(
+        main,
+        [
+            "train",
+            "--config",
+            str(ROOT / "configs" / "spm_vaihingen.yaml"),
+            "--data.root",
+            str(tmp_path),
+            "--model.encoder",
+            "resnet18",
+        ],
+    )
+    assert res.exit_code != 0
+    assert "--model.weights null" in res.output and "weights/resnet50_a1_in1k.pth" in res.output
+    res = runner.invoke(
+        main,
+        [
+            "train",
+            "--config",
+            str(ROOT / "configs" / "mobanet_vaihingen.yaml"),
+            "--model.encoder",
+            "resnet18",
+            "--print_config",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    printed = yaml.safe_load(res.output)
+    assert printed["model"]["encoder"] == "resnet18"
+    assert printed["model"]["encoder_options"]["vit_large_patch14_dinov2"]["img_size"] == 518

@@ -196,3 +196,20 @@ def test_world_files_for_some_areas_only_fall_back_to_local_grids(tmp_path, capl
         assert_sample_matches_files(ds, sl, 32)
     with pytest.raises(ValueError, match="georeference must be"):
         Vaihingen(tmp_path, "train", georeference="maybe")
+
+
+def test_image_world_file_is_used_when_present(tmp_path):
+    paths = load_make("vaihingen").make(tmp_path, tiles=(1,), dsm_world_files=True)
+    tfw = paths[1]["dsm_world"]
+    image_tfw = paths[1]["image"].with_suffix(".tfw")
+    image_tfw.write_text(tfw.read_text())
+    tfw.unlink()  # only the image has a world file now
+    ds = Vaihingen(tmp_path, tiles=[1])
+    assert (
+        ds.grids[0].source == "world file"
+        and ds.grids[0].aux.transform == ds.grids[0].image.transform
+    )
+    x, _, _ = ds.bounds
+    assert 490000 < x.start < 510000
+    tile = ds.read_tile("1")
+    np.testing.assert_array_equal(tile["aux"], read(paths[1]["dsm"]))

@@ -178,6 +178,9 @@ class MultimodalTileDataset(GeoDataset):
             assert img.crs is not None and img.transform is not None
             g = Grid(img.crs, img.transform, img.width, img.height)
             source = "georeferenced"
+        elif self.georeference == "auto" and img.transform is not None:
+            g = Grid(img.crs or LOCAL_CRS, img.transform, img.width, img.height)
+            source = "world file"
         elif self.georeference == "auto" and aux is not None and aux.transform is not None:
             g = Grid(aux.crs or LOCAL_CRS, aux.transform, img.width, img.height)
             source = "world file"
@@ -198,7 +201,8 @@ class MultimodalTileDataset(GeoDataset):
 
         aux_grid = follow(aux)
         if source == "world file" and aux is not None:
-            aux_grid = Grid(g.crs, g.transform, aux.width, aux.height)
+            # The DSM's own world file places it (same, CRS-less coordinates as the image's).
+            aux_grid = Grid(g.crs, aux.transform or g.transform, aux.width, aux.height)
         return TileGrids(g, aux_grid, follow(lbl), source)
 
     def _local_grids(self, infos: list[tuple[RasterInfo, RasterInfo | None, RasterInfo | None]]):

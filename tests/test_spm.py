@@ -44,6 +44,18 @@ def tiny_vit(**kw) -> SPM:
     return build_spm("vit_base_patch16_224", 3, 1, encoder_kwargs=TINY_VIT, **kw)
 
 
+def tiny_swin(**kw) -> SPM:
+    torch.manual_seed(0)
+    swin = {
+        "img_size": 64,
+        "embed_dim": 24,
+        "depths": (1, 1, 1, 1),
+        "num_heads": (1, 1, 1, 1),
+        "window_size": 2,
+    }
+    return build_spm("swin_tiny_patch4_window7_224", 3, 1, encoder_kwargs=swin, **kw)
+
+
 def perturb_prompts(model: SPM, seed: int = 1) -> None:
     """Give the zero-initialised prompt convs random weights (a "trained" model)."""
     g = torch.Generator().manual_seed(seed)
@@ -140,7 +152,7 @@ def test_gradients_only_where_intended_and_frozen_weights_unchanged() -> None:
     assert not any(k.startswith("encoder.") for k in model.adapter_state_dict())
 
 
-@pytest.mark.parametrize("builder", [tiny_cnn, tiny_vit], ids=["cnn", "vit"])
+@pytest.mark.parametrize("builder", [tiny_cnn, tiny_vit, tiny_swin], ids=["cnn", "vit", "swin"])
 def test_step0_stage_features_equal_frozen(builder) -> None:
     model = builder().eval()
     image, aux = torch.randn(2, 3, 64, 64), torch.randn(2, 1, 64, 64)

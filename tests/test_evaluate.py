@@ -1,0 +1,107 @@
+"""Sliding-window evaluation, the evaluate command, and CLI resume on fixture folders."""
+
+import json
+
+import engine_fixtures as ef
+import pytest
+import torch
+from click.testing import CliRunner
+from test_configs import _make, tiny_args
+
+from rsprompt.cli import main
+from rsprompt.engine.cli_train import run_train
+from rsprompt.engine.evaluate import evaluate_tiles, sliding_window_logits, window_offsets
+
+ef.register()
+
+
+def test_window_offsets():
+    assert window_offsets(100, 40, 30) == [0, 30, 60]
+    assert window_offsets(100, 40, 20) == [0, 20, 40, 60]
+    assert window_offsets(30, 40, 10) == [0]
+    with pytest.raises(ValueError):
+        window_offsets(10, 0, 1)
+
+
+@pytest.mark.parametrize("blend", ["sum", "cosine"])
+def test_sliding_window_matches_a_pointwise_model(blend):
+    torch.manual_seed(0)
+    model = ef.TinyModel("x", 3, 0).eval()
+    model.encoder = torch.nn.Conv2d(3, 8, 1)  # pointwise: windows must reproduce the full pass
+    model.freeze()
+    image = torch.randn(3, 50, 37)
+    with torch.no_grad():
+        full = model(image[None])[0]
+    out = sliding_window_logits(model, image, window=16, stride=8, blend=blend, batch_size=5)
+    assert out.shape == (3, 50, 37)
+    if blend == "sum":
+        torch.testing.assert_close(out, full, atol=1e-5, rtol=1e-5)
+    else:
+        torch.testing.assert_close(out, full.softmax(0), atol=1e-5, rtol=1e-5)
+    # a tile smaller than the window is padded and cropped back
+    assert sliding_window_logits(model, image[:, :10, :9], window=16, stride=8).shape == (3, 10, 9)
+
+
+def test_evaluate_tiles_perfect_model():
+    model = ef.TinyModel("x", 2, 0).eval()
+
+    class Oracle(torch.nn.Module):
+        aux_channels = 0
+
+        def forward(self, image, aux=None, aux_valid=None):
+            return torch.cat([-image[:, :1], image[:, :1]], 1)
+
+    mask = (torch.randn(20, 20) > 0).long()
+    tile = {
+        "name": "t",
+        "image": torch.stack([mask.float() * 2 - 1] * 3).numpy(),
+        "mask": mask.numpy(),
+    }
+    result, cm = evaluate_tiles(Oracle(), [tile], ["a", "b"], window=8, stride=4, progress=False)
+    assert result["oa"] == 1.0 and result["miou"] == 1.0 and int(cm.sum()) == 400
+    assert result["tiles"][0]["name"] == "t"
+    del model
+
+
+def test_train_evaluate_resume_cli(tmp_path):
+    root = _make("vaihingen", tmp_path)
+    out = tmp_path / "run"
+    run_train(tiny_args("mobanet_vaihingen.yaml", root, out, steps=3))
+    ckpt = out / "model.ckpt"
+    runner = CliRunner()
+    res = runner.invoke(
+        main,
+        [
+            "evaluate",
+            "--model",
+            str(ckpt),
+            "--data.root",
+            str(root),
+            "--window",
+            "64",
+            "--stride",
+            "32",
+            "--quiet",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "impervious surfaces" in res.output and "mIoU" in res.output
+    metrics = json.loads((out / "eval_test" / "metrics.json").read_text())
+    assert metrics["window"] == 64 and metrics["stride"] == 32 and metrics["split"] == "test"
+    assert metrics["mean_classes"] == [0, 1, 2, 3, 4] and len(metrics["confusion_matrix"]) == 6
+    assert (out / "eval_test" / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    # a random-encoder checkpoint refuses a weights file; a missing checkpoint is a clear error
+    res = runner.invoke(
+        main, ["evaluate", "--model", str(ckpt), "--data.root", str(root), "--weights", str(ckpt)]
+    )
+    assert res.exit_code != 0 and "randomly initialised encoder" in res.output
+    res = runner.invoke(
+        main, ["evaluate", "--model", str(tmp_path / "no.ckpt"), "--data.root", str(root)]
+    )
+    assert res.exit_code != 0 and "not found" in res.output
+    # resume the run for 3 more steps
+    args = tiny_args("mobanet_vaihingen.yaml", root, out, steps=3)
+    args[args.index("--trainer.max_steps") + 1] = "6"
+    result = run_train([*args, "--ckpt_path", "last"])
+    assert json.loads((out / "val_metrics.json").read_text())["step"] == 6
+    assert result["model_ckpt"] == ckpt

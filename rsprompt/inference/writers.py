@@ -375,7 +375,7 @@ def write_vectors(
             for geom, value in shapes(data, mask=mask, transform=transform, connectivity=4):
                 geoms.append(shape(geom))
                 ids.append(int(value))
-            if not geoms and not first:
+            if not geoms:
                 continue
             ids_arr = np.asarray(ids, dtype=np.int32)
             frame = gpd.GeoDataFrame(
@@ -389,4 +389,10 @@ def write_vectors(
             frame.to_file(out, layer=layer, driver="GPKG", mode="w" if first else "a")
             first = False
             total += len(frame)
+        if first:  # nothing but nodata: an empty layer with the right schema
+            empty = gpd.GeoDataFrame(
+                {"class_id": np.zeros(0, np.int32), "class_name": np.zeros(0, object)},
+                geometry=gpd.GeoSeries([], crs=crs),
+            )
+            empty.to_file(out, layer=layer, driver="GPKG", geometry_type="Polygon")
     return total

@@ -10,6 +10,8 @@ from rsprompt.cli import main
 from rsprompt.data.check import check_folder
 
 HERE = Path(__file__).parent
+#: Files as distributed carry no georeferencing; rasterio warns on every open.
+pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 
 
 def load_make(name):

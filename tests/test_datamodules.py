@@ -24,6 +24,8 @@ from rsprompt.data.normalize import (
 from rsprompt.data.splits import get_tiles
 
 HERE = Path(__file__).parent
+#: Files as distributed carry no georeferencing; rasterio warns on every open.
+pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 #: Identity normalisation (global mode with mean 0, std 1 is the identity for any aux raster):
 #: batches hold the raw file values.
 IDENTITY = Normalization(

@@ -12,6 +12,8 @@ from rsprompt.data.datasets import LOCAL_CRS, Vaihingen, check_patch_fits, find_
 from rsprompt.data.labels import IGNORE_INDEX, decode_isprs_rgb
 
 HERE = Path(__file__).parent
+#: Files as distributed carry no georeferencing; rasterio warns on every open.
+pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 
 
 def load_make(name):

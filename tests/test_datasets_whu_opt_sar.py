@@ -12,6 +12,8 @@ from rsprompt.data.labels import IGNORE_INDEX, decode_whu_labels
 from rsprompt.data.normalize import Normalization, OpticalNormalizer, SARNormalizer
 
 HERE = Path(__file__).parent
+#: Files as distributed carry no georeferencing; rasterio warns on every open.
+pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
 
 
 def load_make(name):

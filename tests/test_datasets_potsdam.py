@@ -176,3 +176,15 @@ def test_tile_statistics_make_windows_seamless(potsdam, mode):
             sample["image"].numpy(), whole["image"][:, r : r + 32, c : c + 32], atol=1e-6
         )
     assert 0.0 <= whole["aux"].min() and whole["aux"].max() <= 1.0
+
+
+def test_distributed_ndsm_as_the_aux(potsdam):
+    root, paths = potsdam
+    ds = Potsdam(root, tiles=["2_13"], dsm="ndsm")
+    assert ds.tiles[0].aux.name == "dsm_potsdam_02_13_normalized_lastools.jpg"
+    tile = ds.read_tile("2_13")
+    with rasterio.open(paths["2_13"]["ndsm"]) as src:
+        expected = src.read(1).astype(np.float32)
+    np.testing.assert_array_equal(tile["aux"][0], expected)
+    with pytest.raises(ValueError, match="dsm must be"):
+        Potsdam(root, tiles=["2_13"], dsm="lidar")

@@ -517,6 +517,7 @@ def select_tiles(
     tiles: Sequence[str | int] | None = None,
     exclude_val: bool = True,
     image_role: str = "image",
+    aux_role: str = "aux",
     label_variant: Literal["full", "eroded"] = "full",
 ) -> list[Tile]:
     """Find the tiles of a split under ``root`` (see :mod:`~rsprompt.data.datasets.layouts`).
@@ -529,6 +530,7 @@ def select_tiles(
         tiles: Explicit tile ids (overrides ``split``).
         exclude_val: For ``train``, leave out the validation tiles.
         image_role: Layout role of the optical raster (Potsdam: ``image:RGB`` …).
+        aux_role: Layout role of the aux raster (``aux``; Potsdam also ``ndsm``).
         label_variant: ``full`` or ``eroded`` (ISPRS "noBoundary"); a tile without the asked
             variant falls back to the other one, with a warning.
 
@@ -573,9 +575,11 @@ def select_tiles(
             label = roles[f"label:{other}"]
         if label is None:
             log.warning("%s tile %s: no label file, its mask is all ignore", dataset, t)
-        if "aux" not in roles:
-            log.warning("%s tile %s: no aux file, served as zeros with aux_valid 0", dataset, t)
-        out.append(Tile(t, roles[image_role], roles.get("aux"), label))
+        if aux_role not in roles:
+            log.warning(
+                "%s tile %s: no %s file, served as zeros with aux_valid 0", dataset, t, aux_role
+            )
+        out.append(Tile(t, roles[image_role], roles.get(aux_role), label))
     if not out:
         raise FileNotFoundError(
             f"no {dataset} tile of split {split!r} ({variant}) found under {root}"

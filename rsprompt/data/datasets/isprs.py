@@ -33,6 +33,7 @@ class ISPRSDataset(MultimodalTileDataset):
     classes = ISPRS_CLASSES
     aux_kind = "dsm"
     image_role = "image"
+    aux_role = "aux"
     default_local_res = 1.0
 
     def __init__(
@@ -60,6 +61,7 @@ class ISPRSDataset(MultimodalTileDataset):
             tiles=tiles,
             exclude_val=exclude_val,
             image_role=self.image_role,
+            aux_role=self.aux_role,
             label_variant=labels,
         )
         super().__init__(

@@ -25,11 +25,13 @@ class Potsdam(ISPRSDataset):
         root: Dataset folder.
         split: ``train``, ``val``, ``test`` or ``None``.
         optical: ``RGB`` (default), ``IRRG`` or ``RGBIR`` (R, G, B, IR).
+        dsm: ``dsm`` (``1_DSM``, float32 heights; default) or ``ndsm`` (the distributed 8-bit
+            normalised DSM ``1_DSM_normalisation/…_normalized_lastools.jpg``, on the tile grid).
         variant: ``official`` or ``mobanet`` (official training tiles without 7_10).
         **kwargs: See :class:`~rsprompt.data.datasets.isprs.ISPRSDataset`.
 
     Raises:
-        ValueError: For an unknown optical variant.
+        ValueError: For an unknown optical or DSM variant.
     """
 
     dataset_name = "potsdam"
@@ -41,6 +43,7 @@ class Potsdam(ISPRSDataset):
         split: str | None = "train",
         *,
         optical: str = "RGB",
+        dsm: str = "dsm",
         variant: str = "official",
         tiles: Sequence[str | int] | None = None,
         labels: Literal["full", "eroded"] = "full",
@@ -52,7 +55,10 @@ class Potsdam(ISPRSDataset):
     ) -> None:
         if optical not in OPTICAL_VARIANTS:
             raise ValueError(f"optical must be one of {OPTICAL_VARIANTS}, got {optical!r}")
+        if dsm not in ("dsm", "ndsm"):
+            raise ValueError(f"dsm must be 'dsm' or 'ndsm', got {dsm!r}")
         self.optical = optical
+        self.aux_role = "aux" if dsm == "dsm" else "ndsm"
         self.image_role = f"image:{optical}"
         super().__init__(
             root,

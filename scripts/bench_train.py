@@ -1,0 +1,178 @@
+"""Prompt tuning versus full fine-tuning of the same network on the same batch.
+
+For one model, measures the training step time (forward, the method's loss, backward, AdamW step)
+and the peak memory of
+
+- prompt tuning: the model as rsprompt builds it (frozen encoder, trainable prompts + decoder);
+- full fine-tuning: the very same network with every parameter trainable,
+
+each in its own process (clean peak memory: CUDA peak allocated, or the process's peak RSS on the
+CPU), prints them side by side with the ratio, and the checkpoint size of both (rsprompt's
+``model.ckpt`` versus the full state dict that fine-tuning must save).
+
+Example::
+
+    python scripts/bench_train.py --method mobanet --encoder resnet18 --size 128 --batch 4
+    python scripts/bench_train.py --method gopt --encoder vit_base_patch16_224 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _build(args: argparse.Namespace):
+    from rsprompt.engine.checkpoint import build_seeded
+
+    return build_seeded(
+        args.method,
+        args.encoder,
+        args.num_classes,
+        args.aux_channels,
+        None,
+        0,
+        **json.loads(args.model_kwargs),
+    )
+
+
+def _run(mode: str, args: argparse.Namespace, queue: Any) -> None:
+    import torch
+
+    from rsprompt.engine.checkpoint import save_model_checkpoint
+
+    torch.manual_seed(0)
+    dev = torch.device(args.device)
+    model = _build(args)
+    if mode == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+    model.to(dev).train()
+    g = torch.Generator().manual_seed(0)
+    image = torch.randn(args.batch, 3, args.size, args.size, generator=g).to(dev)
+    aux = torch.randn(args.batch, max(1, model.aux_channels), args.size, args.size, generator=g).to(
+        dev
+    )
+    aux = aux if model.aux_channels else None
+    target = torch.randint(0, args.num_classes, (args.batch, args.size, args.size), generator=g).to(
+        dev
+    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    times = []
+    for i in range(args.warmup + args.steps):
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        t0 = time.perf_counter()
+        out = model(image, aux)
+        out = out if isinstance(out, dict) else {"logits": out}
+        loss = model.compute_loss(out, target)["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t0)
+    if dev.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(dev)
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kB
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "ckpt"
+        if mode == "prompt":
+            save_model_checkpoint(path, model, {"method": args.method})
+        else:
+            torch.save({k: v.cpu() for k, v in model.state_dict().items()}, path)
+        size = path.stat().st_size
+    queue.put(
+        {
+            "mode": mode,
+            "step_s": statistics.median(times),
+            "peak_bytes": peak,
+            "trainable": sum(p.numel() for p in params),
+            "ckpt_bytes": size,
+        }
+    )
+
+
+def _measure(mode: str, args: argparse.Namespace) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_run, args=(mode, args, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
+def _mb(n: float) -> str:
+    return f"{n / 2**20:,.1f} MB"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--method", default="mobanet")
+    parser.add_argument("--encoder", default="resnet18")
+    parser.add_argument("--num-classes", type=int, default=6)
+    parser.add_argument("--aux-channels", type=int, default=None)
+    parser.add_argument("--model-kwargs", default="{}", help="JSON options for build_model.")
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+    prompt = _measure("prompt", args)
+    full = _measure("full", args)
+    print(f"{args.method} on {args.encoder}, batch {args.batch}×{args.size}², {args.device}")
+    print(f"{'':<22}{'prompt tuning':>18}{'full fine-tuning':>20}{'full / prompt':>16}")
+    rows = [
+        (
+            "trainable params",
+            f"{prompt['trainable']:,}",
+            f"{full['trainable']:,}",
+            full["trainable"] / prompt["trainable"],
+        ),
+        (
+            "step time",
+            f"{prompt['step_s'] * 1e3:,.1f} ms",
+            f"{full['step_s'] * 1e3:,.1f} ms",
+            full["step_s"] / prompt["step_s"],
+        ),
+        (
+            "peak memory" + (" (RSS)" if args.device == "cpu" else ""),
+            _mb(prompt["peak_bytes"]),
+            _mb(full["peak_bytes"]),
+            full["peak_bytes"] / prompt["peak_bytes"],
+        ),
+        (
+            "checkpoint size",
+            _mb(prompt["ckpt_bytes"]),
+            _mb(full["ckpt_bytes"]),
+            full["ckpt_bytes"] / prompt["ckpt_bytes"],
+        ),
+    ]
+    for name, a, b, ratio in rows:
+        print(f"{name:<22}{a:>18}{b:>20}{ratio:>15.2f}×")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+if __name__ == "__main__":
+    main()

@@ -174,7 +174,9 @@ def test_defaults_and_state(roots):
     assert isinstance(dm.normalization.aux, SARNormalizer)
     dm.setup("fit")
     assert next(iter(dm.train_dataloader()))["image"].shape[1] == 3
-    assert dm.num_classes == 7
+    assert dm.num_classes == 7 and dm.dataset_name == "whu-opt-sar" and dm.aux_kind == "sar"
+    assert WHUOptSarDataModule(roots["whu-opt-sar"], keep_background=True).num_classes == 8
+    assert VaihingenDataModule(roots["vaihingen"]).class_table.names[0] == "impervious surfaces"
     state = dm.state_dict()
     other = WHUOptSarDataModule(roots["whu-opt-sar"], normalization=Normalization())
     other.load_state_dict(state)

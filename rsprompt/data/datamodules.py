@@ -28,6 +28,11 @@ from torchgeo.datasets import stack_samples
 from rsprompt.data.augment import JointAugmentation
 from rsprompt.data.datasets import MultimodalTileDataset, Potsdam, Vaihingen, WHUOptSar
 from rsprompt.data.datasets.samplers import SeededRandomPatchSampler, TileGridSampler
+from rsprompt.data.labels import (
+    WHU_OPT_SAR_CLASSES,
+    WHU_OPT_SAR_CLASSES_WITH_BACKGROUND,
+    ClassTable,
+)
 from rsprompt.data.normalize import (
     DSMNormalizer,
     Normalization,
@@ -178,15 +183,24 @@ class MultimodalDataModule(LightningDataModule):
         yield from self.dataset(split, **overrides).iter_tiles()
 
     @property
+    def class_table(self) -> ClassTable:
+        """Class names and colours of the labels this data module serves."""
+        return self.dataset_class.classes
+
+    @property
     def num_classes(self) -> int:
         """Number of classes of the dataset's labels."""
-        ds = next(iter(self.datasets.values()), None)
-        if ds is not None:
-            return ds.classes.num_classes  # type: ignore[attr-defined]
-        return self._num_classes()
+        return self.class_table.num_classes
 
-    def _num_classes(self) -> int:
-        return 6
+    @property
+    def dataset_name(self) -> str:
+        """``vaihingen``, ``potsdam`` or ``whu-opt-sar``."""
+        return self.dataset_class.dataset_name
+
+    @property
+    def aux_kind(self) -> str:
+        """``dsm`` or ``sar``."""
+        return self.dataset_class.aux_kind
 
     def state_dict(self) -> dict[str, Any]:
         """Record the normalisation and the sampler epoch in Lightning checkpoints."""
@@ -232,8 +246,12 @@ class WHUOptSarDataModule(MultimodalDataModule):
         """ImageNet statistics on R, G, B; 8-bit SAR scaled to [0, 1]."""
         return Normalization(OpticalNormalizer(bands=(0, 1, 2)), SARNormalizer(mode="uint8"))
 
-    def _num_classes(self) -> int:
-        return 8 if self.dataset_kwargs.get("keep_background") else 7
+    @property
+    def class_table(self) -> ClassTable:
+        """7 classes (background ignored), or 8 with ``keep_background=True``."""
+        if self.dataset_kwargs.get("keep_background"):
+            return WHU_OPT_SAR_CLASSES_WITH_BACKGROUND
+        return WHU_OPT_SAR_CLASSES
 
 
 DATAMODULES: dict[str, type[MultimodalDataModule]] = {

@@ -42,7 +42,7 @@ from rsprompt.data.datasets._raster import (
     raster_info,
     read_on_grid,
 )
-from rsprompt.data.labels import IGNORE_INDEX
+from rsprompt.data.labels import IGNORE_INDEX, ISPRS_CLASSES, ClassTable
 from rsprompt.data.normalize import Normalization
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,8 @@ class MultimodalTileDataset(GeoDataset):
     aux_kind: ClassVar[str] = "dsm"
     #: rsprompt dataset name.
     dataset_name: ClassVar[str] = ""
+    #: Class table of the labels.
+    classes: ClassTable = ISPRS_CLASSES
     #: Gap (pixels) between tiles on the synthetic local grid.
     local_gap: ClassVar[int] = 256
 

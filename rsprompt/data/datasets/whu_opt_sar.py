@@ -42,6 +42,7 @@ class WHUOptSar(MultimodalTileDataset):
 
     dataset_name = "whu-opt-sar"
     aux_kind = "sar"
+    classes = WHU_OPT_SAR_CLASSES  # instances with keep_background=True: with background
 
     def __init__(
         self,

@@ -33,8 +33,54 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 # ----------------------------------------------------------------------------- model
+MODEL = os.environ.get("RSPROMPT_BENCH_MODEL", "light")
+
+
 def build_model(num_classes: int = 6):
-    """A small but non-trivial model: frozen ResNet-18 trunk + DSM stem + light decoder."""
+    """The benchmark model (``RSPROMPT_BENCH_MODEL``: ``light`` or ``resnet18``)."""
+    return build_resnet18(num_classes) if MODEL == "resnet18" else build_light(num_classes)
+
+
+def build_light(num_classes: int = 6):
+    """A small but non-trivial model: frozen 4-conv CNN encoder (stride 4, 64 ch) + DSM stem +
+    a 3×3 decoder, about 1 GMAC per 512² window."""
+    import torch
+    from torch import nn
+
+    from rsprompt.models.base import SegmentationModel
+
+    class LightNet(SegmentationModel):
+        def __init__(self) -> None:
+            super().__init__("bench", "cnn4", num_classes, 1)
+            self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, stride=2, padding=1), nn.ReLU())
+            self.encoder = nn.Sequential(
+                nn.Conv2d(32, 64, 3, stride=2, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(64, 64, 3, padding=1),
+                nn.ReLU(),
+            )
+            self.aux_stem = nn.Conv2d(1, 32, 3, stride=2, padding=1)
+            self.decoder = nn.Sequential(
+                nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, num_classes, 1)
+            )
+            self.freeze()
+
+        frozen_modules = ("stem", "encoder")
+
+        def forward(self, image, aux=None, aux_valid=None):
+            x = self.stem(image)
+            if aux is not None:
+                v = aux_valid if aux_valid is not None else torch.ones_like(aux)
+                x = x + self.aux_stem(aux * v)
+            y = self.decoder(self.encoder(x))
+            return nn.functional.interpolate(y, size=image.shape[-2:], mode="bilinear")
+
+    torch.manual_seed(0)
+    return LightNet().eval()
+
+
+def build_resnet18(num_classes: int = 6):
+    """A heavier model: frozen ResNet-18 trunk (to layer3) + DSM stem + light decoder."""
     import torch
     import torchvision
     from torch import nn
@@ -87,8 +133,37 @@ def warm_up(model, window: int, batch: int) -> None:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process (MB)."""
+    """Peak resident set size of this process so far (MB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def rss_mb() -> float:
+    """Current resident set size (MB)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class RssSampler:
+    """Samples the RSS every 10 ms in a thread: the peak *during* a run (not during warm-up)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.base = rss_mb()
+        self.peak = self.base
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, rss_mb())
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, rss_mb())
+        return {"rss_base": self.base, "rss_peak": self.peak}
 
 
 # ----------------------------------------------------------------------------- workers
@@ -101,7 +176,10 @@ def run_ours(scene_dir: Path, out: Path, window: int, overlap: int, batch: int) 
     model = build_model()
     warm_up(model, window, batch)
     norm = CheckpointNormalizer(Normalization(OpticalNormalizer(), DSMNormalizer("minmax")), 0.1)
-    base = peak_rss_mb()
+    import gc
+
+    gc.collect()
+    mem = RssSampler()
     t = time.perf_counter()
     s = predict_scene(
         scene_dir / "scene.tif",
@@ -118,7 +196,7 @@ def run_ours(scene_dir: Path, out: Path, window: int, overlap: int, batch: int) 
         progress=False,
     )
     secs = time.perf_counter() - t
-    return {"seconds": secs, "mpix": s.megapixels, "windows": s.windows, "rss_base": base}
+    return {"seconds": secs, "mpix": s.megapixels, "windows": s.windows, **mem.stop()}
 
 
 def run_floor(scene_dir: Path, window: int, overlap: int, batch: int) -> dict:
@@ -136,7 +214,7 @@ def run_floor(scene_dir: Path, window: int, overlap: int, batch: int) -> dict:
     x = torch.randn(batch, 3, window, window, generator=g)
     a = torch.rand(batch, 1, window, window, generator=g)
     v = torch.ones(batch, 1, window, window)
-    base = peak_rss_mb()
+    mem = RssSampler()
     t = time.perf_counter()
     with torch.inference_mode():
         done = 0
@@ -145,7 +223,7 @@ def run_floor(scene_dir: Path, window: int, overlap: int, batch: int) -> dict:
             torch.softmax(model(x[:b], aux=a[:b], aux_valid=v[:b]), 1)
             done += b
     secs = time.perf_counter() - t
-    return {"seconds": secs, "mpix": h * w / 1e6, "windows": n, "rss_base": base}
+    return {"seconds": secs, "mpix": h * w / 1e6, "windows": n, **mem.stop()}
 
 
 def run_baseline(scene_dir: Path, out: Path, window: int, overlap: int, batch: int) -> dict:
@@ -171,7 +249,7 @@ def run_baseline(scene_dir: Path, out: Path, window: int, overlap: int, batch: i
 
     model = build_model()
     warm_up(model, window, batch)
-    base = peak_rss_mb()
+    mem = RssSampler()
     t = time.perf_counter()
     scene = Scene(str(scene_dir))
     dsm = DSM(str(scene_dir), crs=scene.crs, res=scene.res, transforms=rename)
@@ -231,7 +309,7 @@ def run_baseline(scene_dir: Path, out: Path, window: int, overlap: int, batch: i
                 )
                 n += 1
     secs = time.perf_counter() - t
-    return {"seconds": secs, "mpix": height * width / 1e6, "windows": n, "rss_base": base}
+    return {"seconds": secs, "mpix": height * width / 1e6, "windows": n, **mem.stop()}
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -240,7 +318,7 @@ def worker(args: argparse.Namespace) -> None:
     fn = {"ours": run_ours, "floor": run_floor, "baseline": run_baseline}[args.worker]
     kw = {"window": args.window, "overlap": args.overlap, "batch": args.batch_size}
     res = fn(scene_dir, **kw) if args.worker == "floor" else fn(scene_dir, out, **kw)
-    res["rss_peak"] = peak_rss_mb()
+    res["rss_max_process"] = peak_rss_mb()
     print("RESULT " + json.dumps(res))
 
 
@@ -279,7 +357,9 @@ def measure(kind: str, scene: Path, args: argparse.Namespace) -> dict:
         "--batch-size",
         str(args.batch_size),
     ]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    # The same OpenMP setting for every run; `rsprompt predict` sets it too (passive waiting
+    # keeps torch's idle OpenMP threads from spinning against the reader/writer threads).
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_WAIT_POLICY": "PASSIVE"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -305,8 +385,8 @@ def main() -> None:
     s1 = make_scene(work / f"s{args.size}x{args.size}", args.size, args.size)
     s2 = make_scene(work / f"s{2 * args.size}x{args.size}", 2 * args.size, args.size)
     print(
-        f"model: frozen ResNet-18 trunk + DSM stem + decoder; window {args.window}, overlap "
-        f"{args.overlap}, batch {args.batch_size}, torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}"
+        f"model: {MODEL}; window {args.window}, overlap {args.overlap}, batch "
+        f"{args.batch_size}, torch threads {os.cpu_count()} cores, OMP_WAIT_POLICY=PASSIVE"
     )
     rows = {k: measure(k, s1, args) for k in ("floor", "ours", "baseline")}
     big = measure("ours", s2, args)
@@ -315,7 +395,7 @@ def main() -> None:
         f"\nscene {args.size}×{args.size} ({rows['ours']['mpix']:.2f} MPix, "
         f"{rows['ours']['windows']} windows)"
     )
-    print(f"{'run':<34} {'seconds':>8} {'MPix/s':>8} {'peak RSS MB':>12}")
+    print(f"{'run':<34} {'seconds':>8} {'MPix/s':>8} {'+RSS MB':>12}")
     names = {
         "floor": "compute floor (forward only)",
         "ours": "rsprompt predict (end to end)",
@@ -325,7 +405,7 @@ def main() -> None:
         r = rows[k]
         print(
             f"{names[k]:<34} {r['seconds']:8.2f} {r['mpix'] / r['seconds']:8.3f} "
-            f"{r['rss_peak']:12.0f}"
+            f"{r['rss_peak'] - r['rss_base']:12.0f}"
         )
     print(
         f"\nratio ours / floor (time):     {rows['ours']['seconds'] / rows['floor']['seconds']:.3f}"
@@ -335,7 +415,8 @@ def main() -> None:
         f"speed-up ours vs baseline:      {rows['baseline']['seconds'] / rows['ours']['seconds']:.2f}×"
         "  (goal >= 2)"
     )
-    print("\npeak RSS of rsprompt predict by scene size (MB; after model load -> peak):")
+    print("\n+RSS MB = peak RSS during the run minus RSS at its start (model loaded, warmed up)")
+    print("peak RSS of rsprompt predict by scene size (MB; start of run -> peak during run):")
     for label, r in (
         (f"{args.size}×{args.size}", rows["ours"]),
         (f"{2 * args.size}×{args.size}", big),

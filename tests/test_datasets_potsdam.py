@@ -188,3 +188,22 @@ def test_distributed_ndsm_as_the_aux(potsdam):
     np.testing.assert_array_equal(tile["aux"][0], expected)
     with pytest.raises(ValueError, match="dsm must be"):
         Potsdam(root, tiles=["2_13"], dsm="lidar")
+
+
+def test_duplicate_tiles_are_refused_unless_on_local_grids(tmp_path):
+    from rsprompt.data.datasets import MultimodalTileDataset, Tile
+
+    class Plain(MultimodalTileDataset):
+        def decode_label(self, raw, tile):
+            return decode_isprs_rgb(raw)
+
+    paths = load_make("potsdam").make(tmp_path, tiles=("2_10",), size=48)
+    p = paths["2_10"]
+    copy = tmp_path / "copy.tif"
+    copy.write_bytes(p["image_rgb"].read_bytes())
+    tiles = [Tile("a", p["image_rgb"], p["dsm"], p["label"]), Tile("b", copy, p["dsm"], p["label"])]
+    with pytest.raises(ValueError, match="overlap by 100%"):
+        Plain(tiles)
+    ds = Plain(tiles, georeference="never", local_res=0.05)
+    assert len(ds) == 2
+    np.testing.assert_array_equal(ds.read_tile("b")["mask"], ds.read_tile("a")["mask"])

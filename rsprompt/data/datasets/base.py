@@ -231,19 +231,26 @@ class MultimodalTileDataset(GeoDataset):
             bounds = rasterio.warp.transform_bounds(grid.crs, crs, *bounds)
         return shapely.box(*bounds)
 
+    #: Tiles overlapping by more than this fraction of the smaller one are an error (duplicates or
+    #: broken georeferencing); smaller overlaps (a few edge pixels) are logged.
+    max_overlap: ClassVar[float] = 0.5
+
     def _check_overlaps(self, geoms: list[shapely.Polygon]) -> None:
         tree = shapely.STRtree(geoms)
         for i, g in enumerate(geoms):
             for j in tree.query(g, predicate="intersects"):
                 if j <= i:
                     continue
-                inter = g.intersection(geoms[j]).area
-                if inter > 1e-6 * min(g.area, geoms[j].area):
+                inter = g.intersection(geoms[j]).area / min(g.area, geoms[j].area)
+                a, b = self.tiles[i], self.tiles[int(j)]
+                if inter > self.max_overlap:
                     raise ValueError(
-                        f"tiles {self.tiles[i].name} ({self.tiles[i].image}) and "
-                        f"{self.tiles[j].name} ({self.tiles[j].image}) overlap; pass "
-                        "georeference='never' to put each tile on its own local grid"
+                        f"tiles {a.name} ({a.image}) and {b.name} ({b.image}) overlap by "
+                        f"{inter:.0%}; pass georeference='never' to put each tile on its own "
+                        "local grid"
                     )
+                if inter > 1e-6:
+                    log.info("tiles %s and %s overlap by %.2f%%", a.name, b.name, 100 * inter)
 
     # ---------------------------------------------------------------- reading
     def __getstate__(self) -> dict[str, Any]:
@@ -290,7 +297,10 @@ class MultimodalTileDataset(GeoDataset):
                 )
                 raw = raw.astype(np.float32)
                 valid = covered & self._nodata_ok(raw[0], src.nodata)
-                self._aux_stats[position] = norm.fit(raw[0], valid, res=grids.image.res[0])
+                stats = norm.fit(raw[0], valid, res=grids.image.res[0])
+                if "ground" in stats:  # keep the ground grid compact in memory
+                    stats["ground"] = np.asarray(stats["ground"], np.float32)
+                self._aux_stats[position] = stats
         return self._aux_stats[position]
 
     @staticmethod

@@ -69,6 +69,9 @@ class ResumeCheckpoint(pl.Callback):
     :meth:`~rsprompt.engine.task.SegmentationTask.on_save_checkpoint`); it holds the trainable
     tensors incl. training-only heads, optimiser, scheduler, loop and RNG states.
 
+    It is saved after each validation (where Lightning resumes an epoch boundary exactly, with
+    per-epoch seeded samplers) and at epoch ends without validation.
+
     Args:
         dirpath: Folder (default: ``<default_root_dir>/checkpoints``).
         every_n_train_steps: Also save every N optimiser steps (0: only at epoch ends).

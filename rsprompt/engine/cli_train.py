@@ -90,6 +90,9 @@ def close_datasets(datamodule: Any) -> None:
 
 def make_cli(args: list[str] | None) -> TrainCLI:
     """Parse ``args`` and instantiate the task, datamodule and trainer (no training yet)."""
+    # The click command hands its arguments over as ``args``: LightningCLI's warning about
+    # sys.argv also holding them does not apply.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     return TrainCLI(
         SegmentationTask,
         LightningDataModule,

@@ -82,13 +82,13 @@ def test_missing_weights_file_says_what_to_do(tmp_path):
 
 
 def test_optimizer_sees_trainable_only():
-    task = SegmentationTask("tiny", "tinyconv", weight_decay=0.05)
+    task = SegmentationTask("tiny", "tinyconv", weight_decay=0.05, total_steps=10, warmup_steps=2)
     task.build({"classes": ["a", "b"], "aux_channels": 1})
-    opt = task.configure_optimizers.__func__  # needs a trainer for the schedule length
-    assert callable(opt)
-    from rsprompt.engine.optim import param_groups
-
-    groups = param_groups(task.model, 1e-3, 0.05)
-    names = {n for g in groups for n in g["names"]}
-    assert names and not any(n.startswith("encoder.") for n in names)
-    assert {g["weight_decay"] for g in groups} == {0.0, 0.05}
+    conf = task.configure_optimizers()
+    opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    ids = {id(p) for g in opt.param_groups for p in g["params"]}
+    trainable = {id(p) for p in task.model.parameters() if p.requires_grad}
+    assert ids == trainable
+    assert not any(id(p) in ids for p in task.model.encoder.parameters())
+    assert {g["weight_decay"] for g in opt.param_groups} == {0.0, 0.05}
+    assert conf["lr_scheduler"]["interval"] == "step" and sched.get_last_lr()[0] < task.hparams.lr

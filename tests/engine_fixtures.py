@@ -147,3 +147,14 @@ class TinyDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_ds, batch_size=self.batch_size)
+
+
+class InterruptAtEpoch(pl.Callback):
+    """Raise KeyboardInterrupt (as Ctrl+C) at the start of epoch ``epoch``."""
+
+    def __init__(self, epoch: int = 1) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise KeyboardInterrupt

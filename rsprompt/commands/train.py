@@ -49,7 +49,7 @@ def train(args: tuple[str, ...]) -> None:
 
     try:
         result = run_train(list(args))
-    except (FileNotFoundError, CheckpointError, ValueError) as exc:
+    except (FileNotFoundError, CheckpointError, ValueError, FloatingPointError) as exc:
         found = _find(exc, (WeightsNotFoundError, CheckpointError)) or exc
         raise click.ClickException(str(found)) from None
     except Exception as exc:  # jsonargparse wraps errors raised while instantiating classes

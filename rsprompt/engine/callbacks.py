@@ -70,7 +70,9 @@ class ResumeCheckpoint(pl.Callback):
     tensors incl. training-only heads, optimiser, scheduler, loop and RNG states.
 
     It is saved after each validation (where Lightning resumes an epoch boundary exactly, with
-    per-epoch seeded samplers) and at epoch ends without validation.
+    per-epoch seeded samplers), at epoch ends without validation (resumable, but Lightning then
+    numbers the resumed epoch's sampler one higher, so the data order differs from an
+    uninterrupted run) and when training ends.
 
     Args:
         dirpath: Folder (default: ``<default_root_dir>/checkpoints``).
@@ -110,4 +112,8 @@ class ResumeCheckpoint(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Save at the epoch end when no validation ran at the end of this epoch."""
+        self.save(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Save when training ends (e.g. ``max_steps`` reached mid-epoch) to continue it later."""
         self.save(trainer)

@@ -245,25 +245,14 @@ def test_class_weighted_loss(model: DPLNet) -> None:
 
 
 # ------------------------------------------------------------------------------ learning
-def _scene(size: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
-    """Optical + DSM + labels: ground (0), building (1: raised, same colour as ground),
-    vegetation (2: green, flat). Buildings are only visible in the DSM."""
-    labels = np.zeros((size, size), np.int64)
-    for _ in range(4):
-        h, w = rng.integers(size // 6, size // 2, 2)
-        y, x = rng.integers(0, size - h), rng.integers(0, size - w)
-        labels[y : y + h, x : x + w] = rng.integers(1, 3)
-    optical = np.full((3, size, size), 0.5, np.float32)
-    optical[:, labels == 2] = np.array([0.2, 0.8, 0.2], np.float32)[:, None]
-    optical += rng.normal(0, 0.05, optical.shape).astype(np.float32)
-    dsm = rng.normal(0, 0.05, (1, size, size)).astype(np.float32)
-    dsm[0][labels == 1] += 1.0
-    return optical, dsm, labels
-
-
-def _batch(n: int, size: int, rng: np.random.Generator) -> tuple[torch.Tensor, ...]:
-    scenes = [_scene(size, rng) for _ in range(n)]
-    return tuple(torch.from_numpy(np.stack(parts)) for parts in zip(*scenes, strict=True))
+def _tensors(scene) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Normalised optical (ImageNet statistics), standardised DSM and labels of a Scene."""
+    mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+    std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    optical = (torch.from_numpy(scene.optical.astype(np.float32) / 255.0) - mean) / std
+    dsm = torch.from_numpy(scene.dsm)[None]
+    dsm = (dsm - dsm.mean()) / (dsm.std() + 1e-6)
+    return optical, dsm, torch.from_numpy(scene.labels.astype(np.int64))
 
 
 def _miou(pred: torch.Tensor, target: torch.Tensor, k: int) -> float:
@@ -276,25 +265,37 @@ def _miou(pred: torch.Tensor, target: torch.Tensor, k: int) -> float:
 
 
 def test_learns_on_synthetic_optical_dsm() -> None:
-    """A short seeded training on MiT-B0 at 64×64: the loss falls and mIoU is far above chance."""
+    """20 seeded steps on 64×64 crops of a synthetic ISPRS scene (MiT-B0, random encoder): the
+    loss falls, mIoU on another scene is far above chance, and the DSM prompts matter."""
+    from rsprompt.data.synthetic import generate_scene
+
+    image, dsm, labels = _tensors(generate_scene(kind="isprs", size=128, seed=0))
+    test_image, test_dsm, test_labels = _tensors(generate_scene(kind="isprs", size=128, seed=1))
     torch.manual_seed(0)
-    net = build_model("dplnet", "mit_b0", 3)
-    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-3)
+    net = build_model("dplnet", "mit_b0", 6)
+    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=2e-3)
     rng = np.random.default_rng(0)
     losses = []
     net.train()
     for _ in range(20):
-        image, dsm, target = _batch(4, 64, rng)
-        loss = net.compute_loss(net(image, dsm), target)["loss"]
+        corners = rng.integers(0, 64, (4, 2))
+        crop = [(slice(None), slice(a, a + 64), slice(b, b + 64)) for a, b in corners]
+        x = torch.stack([image[c] for c in crop])
+        d = torch.stack([dsm[c] for c in crop])
+        y = torch.stack([labels[c[1:]] for c in crop])
+        loss = net.compute_loss(net(x, d), y)["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    image, dsm, target = _batch(8, 64, np.random.default_rng(123))
     net.eval()
     with torch.no_grad():
-        miou = _miou(net(image, dsm).argmax(1), target, 3)
-        miou_no_dsm = _miou(net(image).argmax(1), target, 3)
-    assert np.mean(losses[-5:]) < 0.5 * losses[0]
-    assert miou > 0.55, miou
-    assert miou_no_dsm < miou - 0.1, (miou, miou_no_dsm)  # buildings need the DSM
+        pred = net(test_image[None], test_dsm[None]).argmax(1)[0]
+        pred_no_dsm = net(test_image[None]).argmax(1)[0]
+    miou, miou_no_dsm = _miou(pred, test_labels, 6), _miou(pred_no_dsm, test_labels, 6)
+    accuracy = (pred == test_labels).float().mean().item()
+    majority = np.bincount(test_labels.numpy().ravel()).max() / test_labels.numel()
+    assert np.mean(losses[-5:]) < 0.4 * losses[0], losses
+    assert miou > 0.3, miou  # predicting the majority class everywhere: about 0.06
+    assert accuracy > majority + 0.2, (accuracy, majority)
+    assert miou_no_dsm < miou - 0.05, (miou, miou_no_dsm)  # the DSM prompts carry information

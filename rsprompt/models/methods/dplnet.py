@@ -482,7 +482,7 @@ class DPLNet(SegmentationModel):
                 raise ValueError(
                     f"aux_valid must be B×1×H×W = {(b, 1, h, w)}, got {tuple(aux_valid.shape)}"
                 )
-            aux = torch.where(aux_valid > 0, aux, torch.zeros((), dtype=aux.dtype))
+            aux = torch.where(aux_valid > 0, aux, 0.0)
         return aux
 
     def _block(self, blk: nn.Module, mfa: MultimodalFeatureAdapter, x: Tensor, hw, kv) -> Tensor:

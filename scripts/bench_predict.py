@@ -359,7 +359,13 @@ def measure(kind: str, scene: Path, args: argparse.Namespace) -> dict:
     ]
     # The same OpenMP setting for every run; `rsprompt predict` sets it too (passive waiting
     # keeps torch's idle OpenMP threads from spinning against the reader/writer threads).
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_WAIT_POLICY": "PASSIVE"}
+    env = {
+        **os.environ,
+        "PYTHONWARNINGS": "ignore",
+        "OMP_WAIT_POLICY": "PASSIVE",
+        "GDAL_CACHEMAX": "128",  # as `rsprompt predict` sets it
+        "MALLOC_MMAP_THRESHOLD_": str(1 << 20),  # as `rsprompt predict` sets it (mallopt)
+    }
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -386,7 +392,8 @@ def main() -> None:
     s2 = make_scene(work / f"s{2 * args.size}x{args.size}", 2 * args.size, args.size)
     print(
         f"model: {MODEL}; window {args.window}, overlap {args.overlap}, batch "
-        f"{args.batch_size}, torch threads {os.cpu_count()} cores, OMP_WAIT_POLICY=PASSIVE"
+        f"{args.batch_size}, torch threads {os.cpu_count()} cores, OMP_WAIT_POLICY=PASSIVE, "
+        "GDAL_CACHEMAX=128, MALLOC_MMAP_THRESHOLD_=1 MiB"
     )
     rows = {k: measure(k, s1, args) for k in ("floor", "ours", "baseline")}
     big = measure("ours", s2, args)

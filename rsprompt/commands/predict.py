@@ -13,6 +13,26 @@ import click
 # machine spinning made the forward pass 3× slower). Effective only before torch is imported,
 # which the lazy CLI guarantees for `rsprompt predict`.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# GDAL's block cache defaults to 5% of the RAM and fills with the blocks of big scenes: cap it so
+# that peak memory does not follow the scene's size.
+os.environ.setdefault("GDAL_CACHEMAX", "128")
+
+
+def _fixed_mmap_threshold(nbytes: int = 1 << 20) -> None:
+    """Make glibc return big freed buffers to the OS (no dynamic mmap threshold).
+
+    Window batches are tens of MB; with glibc's dynamic threshold they end up in the heap and
+    fragment it, so the resident memory crept up with the number of windows. Linux/glibc only.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-3, nbytes)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+_fixed_mmap_threshold()
 
 PLACEHOLDERS = "{stem} (scene file name without extension), {name} (file name), {dir} (folder)"
 

@@ -54,6 +54,7 @@ def main() -> None:
 
 
 # Registered commands (keep alphabetical; one line each).
+_register("info", "rsprompt.commands.info", "info", "Print a method's frozen/trainable parameter table (no weights needed).")
 _register("synth", "rsprompt.commands.synth", "synth", "Write synthetic optical + DSM/SAR scenes (or an official dataset layout).")
 _register("predict", "rsprompt.commands.predict", "predict", "Segment whole scenes into QGIS-ready class maps (COG + style).")
 _register("data", "rsprompt.commands.data", "data", "Check dataset folders against the official layouts (rsprompt data check).")

@@ -14,6 +14,7 @@ from rsprompt.models.base import SegmentationModel
 
 #: method name -> module that registers it.
 METHOD_MODULES: dict[str, str] = {
+    "mobanet": "rsprompt.models.methods.mobanet",
     "rpn": "rsprompt.models.methods.rpn",
     "gopt": "rsprompt.models.methods.gopt",
     "spm": "rsprompt.models.methods.spm",

@@ -1,0 +1,139 @@
+"""``rsprompt info``: parameter tables built without weights (meta device, no forward pass)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from rsprompt.cli import main
+from rsprompt.models.registry import available_methods
+
+#: Paper encoder of each method (a method missing here is still checked by the generic test).
+PAPER_ENCODERS = {
+    "mobanet": "vit_large_patch14_dinov2",
+    "dplnet": "mit_b5",
+    "gopt": "vit_base_patch16_224",
+    "spm": "resnet50",
+    "rpn": "ViT-B-16",
+}
+
+
+def run_info(*args: str) -> dict:
+    result = CliRunner().invoke(main, ["info", *args, "--json"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output  # ONE JSON object, nothing else on stdout
+    return json.loads(lines[0])
+
+
+def test_mobanet_paper_configuration():
+    info = run_info("--method", "mobanet", "--encoder", "vit_large_patch14_dinov2", "-k", "6")
+    for key in (
+        "method",
+        "encoder",
+        "num_classes",
+        "frozen",
+        "trainable",
+        "trainable_inference",
+        "decoder",
+        "modules",
+    ):
+        assert key in info
+    assert info["method"] == "mobanet" and info["encoder"] == "vit_large_patch14_dinov2"
+    assert info["aux_channels"] == 1  # the paper configuration's default
+    assert info["trainable"] == 8_981_376
+    assert info["trainable_inference"] == 7_797_632
+    assert abs(info["frozen"] - 304_367_616) <= 0.001 * 304_367_616
+    assert info["decoder"] == 669_568
+    assert info["modules"]["aux_heads"] == 1_183_744
+    assert info["training_only_modules"] == ["aux_heads"]
+
+
+@pytest.mark.parametrize(
+    ("encoder", "trainable", "inference"),
+    [
+        ("vit_small_patch14_dinov2", 3_251_456, 2_067_712),
+        ("vit_base_patch14_dinov2", 6_179_456, 4_995_712),
+    ],
+)
+def test_mobanet_small_and_base(encoder, trainable, inference):
+    info = run_info("-m", "mobanet", "-e", encoder, "-k", "6")
+    assert (info["trainable"], info["trainable_inference"]) == (trainable, inference)
+
+
+def test_mobanet_k8():
+    info = run_info("-m", "mobanet", "-e", "vit_large_patch14_dinov2", "-k", "8")
+    assert (info["trainable"], info["trainable_inference"]) == (8_982_528, 7_797_760)
+
+
+def test_method_options_pass_through():
+    info = run_info(
+        "-m",
+        "mobanet",
+        "-e",
+        "vit_small_patch14_dinov2",
+        "-k",
+        "6",
+        "-o",
+        "mcrm=false",
+        "-o",
+        "taps=[1, 3, 5, 11]",
+        "--img-size",
+        "266",
+    )
+    assert info["trainable"] == info["trainable_inference"] == 2_067_712
+    assert info["options"] == {"mcrm": False, "taps": [1, 3, 5, 11], "img_size": 266}
+    assert info["frozen"] < 22_056_192  # a 19x19 position embedding instead of 37x37
+
+
+def test_human_table():
+    result = CliRunner().invoke(
+        main, ["info", "-m", "mobanet", "-e", "vit_large_patch14_dinov2", "-k", "6"]
+    )
+    assert result.exit_code == 0, result.output
+    for text in (
+        "aux_patch_embed",
+        "cpia",
+        "dgfm",
+        "proj",
+        "decoder",
+        "aux_heads",
+        "training only",
+        "8,981,376",
+        "7,797,632",
+        "304,367,616",
+    ):
+        assert text in result.output
+
+
+def test_cnn_and_mit_encoders():
+    info = run_info("-m", "mobanet", "-e", "tf_efficientnet_lite0", "-k", "6")
+    assert info["frozen"] > 0 and info["trainable"] > info["trainable_inference"]
+    info = run_info("-m", "mobanet", "-e", "mit_b0", "-k", "6")  # built on the CPU, not meta
+    assert info["modules"]["decoder"] == 669_568
+
+
+def test_errors_are_clean():
+    runner = CliRunner()
+    result = runner.invoke(main, ["info", "-m", "nope", "-e", "resnet18", "-k", "6"])
+    assert result.exit_code != 0 and "mobanet" in result.output
+    result = runner.invoke(
+        main, ["info", "-m", "mobanet", "-e", "resnet18", "-k", "6", "--aux-channels", "0"]
+    )
+    assert result.exit_code != 0 and "aux_channels" in result.output
+    assert "Traceback" not in result.output
+    result = runner.invoke(main, ["info", "-m", "mobanet", "-e", "resnet18", "-k", "6", "-o", "x"])
+    assert result.exit_code != 0 and "KEY=VALUE" in result.output
+
+
+@pytest.mark.parametrize("method", available_methods())
+def test_every_registered_method(method):
+    encoder = PAPER_ENCODERS.get(method)
+    if encoder is None:
+        pytest.skip(f"no paper encoder listed for {method}")
+    info = run_info("-m", method, "-e", encoder, "-k", "6")
+    assert info["method"] == method
+    assert info["trainable"] == sum(info["modules"].values())
+    assert info["trainable"] >= info["trainable_inference"] > 0

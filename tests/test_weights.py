@@ -120,3 +120,14 @@ def test_state_dict_file_unwraps_and_rejects(tmp_path: Path):
     torch.save({"a": 1}, p)
     with pytest.raises(ValueError, match="state dict"):
         load_state_dict_file(p)
+
+
+def test_mit_encoder_from_local_file(tmp_path: Path):
+    a = build_encoder("mit_b0", depths=[1, 1, 1, 1], encoder_seed=5)
+    path = tmp_path / "mit_b0.pth"
+    torch.save({k.replace("model.", "", 1): v for k, v in a.state_dict().items()}, path)
+    b = build_encoder("mit_b0", weights=str(path), depths=[1, 1, 1, 1], encoder_seed=0)
+    assert torch.equal(a.model.patch_embed1.proj.weight, b.model.patch_embed1.proj.weight)
+    assert b.weights == str(path) and b.weights_sha256 == sha256_file(path)
+    assert b.encoder_seed is None
+    assert all(not p.requires_grad for p in b.parameters())

@@ -562,9 +562,15 @@ def test_error_midway_leaves_nothing(tmp_path, scene):
 
 
 def test_memory_does_not_grow_with_scene_height(tmp_path):
-    """Peak Python/numpy allocations are the same for a scene 4× taller."""
+    """Peak Python/numpy allocations barely change for a scene 8× taller.
+
+    A whole-scene probability buffer would add ``K·256·3584·4`` bytes (22 MB for
+    6 classes) between the two scenes; the streaming writer must stay within a
+    small fraction of that. (The absolute peak varies by ~0.5 MB from run to run
+    with thread timing, so the bound is on growth, not on a ratio.)
+    """
     peaks = []
-    for h in (256, 1024):
+    for h in (512, 4096):
         scene = write_raster(tmp_path / f"s{h}.tif", scene_array(h, 256))
         tracemalloc.start()
         predict_scene(
@@ -578,7 +584,8 @@ def test_memory_does_not_grow_with_scene_height(tmp_path):
         )
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
-    assert peaks[1] < 1.3 * peaks[0], peaks
+    whole_scene_probs = len(ISPRS_CLASSES.colors) * 256 * (4096 - 512) * 4
+    assert peaks[1] - peaks[0] < 0.1 * whole_scene_probs, peaks
 
 
 def test_reader_validity_and_alpha_is_not_a_mask(tmp_path):

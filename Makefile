@@ -6,6 +6,12 @@ PY := $(VENV)/bin/python
 
 .PHONY: venv test test-slow lint demo clean
 
+DEMO_OUT ?= demo_out
+
+# Re-runnable: replaces the outputs of an earlier demo in $(DEMO_OUT).
+demo: venv
+	$(VENV)/bin/rsprompt demo --out $(DEMO_OUT) --overwrite
+
 venv:
 	@bash scripts/setup_venv.sh $(VENV)
 

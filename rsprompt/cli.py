@@ -54,9 +54,45 @@ def main() -> None:
 
 
 # Registered commands (keep alphabetical; one line each).
-_register("info", "rsprompt.commands.info", "info", "Print a method's frozen/trainable parameter table (no weights needed).")
-_register("synth", "rsprompt.commands.synth", "synth", "Write synthetic optical + DSM/SAR scenes (or an official dataset layout).")
-_register("predict", "rsprompt.commands.predict", "predict", "Segment whole scenes into QGIS-ready class maps (COG + style).")
-_register("data", "rsprompt.commands.data", "data", "Check dataset folders against the official layouts (rsprompt data check).")
-_register("train", "rsprompt.commands.train", "train", "Train a method from a YAML config (LightningCLI style; --help for options).")
-_register("evaluate", "rsprompt.commands.evaluate", "evaluate", "Evaluate a model checkpoint with the sliding-window protocol (metrics JSON + confusion PNG).")
+_register(
+    "info",
+    "rsprompt.commands.info",
+    "info",
+    "Print a method's frozen/trainable parameter table (no weights needed).",
+)
+_register(
+    "synth",
+    "rsprompt.commands.synth",
+    "synth",
+    "Write synthetic optical + DSM/SAR scenes (or an official dataset layout).",
+)
+_register(
+    "predict",
+    "rsprompt.commands.predict",
+    "predict",
+    "Segment whole scenes into QGIS-ready class maps (COG + style).",
+)
+_register(
+    "train",
+    "rsprompt.commands.train",
+    "train",
+    "Train a method from a YAML config (LightningCLI style; --help for options).",
+)
+_register(
+    "data",
+    "rsprompt.commands.data",
+    "data",
+    "Check dataset folders against the official layouts (rsprompt data check).",
+)
+_register(
+    "demo",
+    "rsprompt.commands.demo",
+    "demo",
+    "Train on synthetic data with a real frozen encoder and write a QGIS-ready map.",
+)
+_register(
+    "evaluate",
+    "rsprompt.commands.evaluate",
+    "evaluate",
+    "Evaluate a model checkpoint with the sliding-window protocol (metrics JSON + confusion PNG).",
+)

@@ -49,8 +49,22 @@ def test_default_scene(tmp_path):
 
 def test_whu_scene_with_aux_on_other_grid(tmp_path):
     out = tmp_path / "w"
-    run("--kind", "whu-opt-sar", "--out", str(out), "--size", "32,40", "--aux-crs", "EPSG:32650",
-        "--aux-resolution", "10", "--aux-coverage", "0.5", "--aux-nodata-border", "1")
+    run(
+        "--kind",
+        "whu-opt-sar",
+        "--out",
+        str(out),
+        "--size",
+        "32,40",
+        "--aux-crs",
+        "EPSG:32650",
+        "--aux-resolution",
+        "10",
+        "--aux-coverage",
+        "0.5",
+        "--aux-nodata-border",
+        "1",
+    )
     img = rio_info(out / "scene.tif")
     assert img["count"] == 4 and img["crs"] == "EPSG:32649" and img["shape"] == [32, 40]
     assert "alpha" not in img["colorinterp"]
@@ -62,8 +76,20 @@ def test_whu_scene_with_aux_on_other_grid(tmp_path):
 
 def test_bands_resolution_crs_and_both_aux(tmp_path):
     out = tmp_path / "b"
-    run("--out", str(out), "--size", "24", "--bands", "rgbir", "--resolution", "0.2",
-        "--crs", "EPSG:32632", "--aux", "both")
+    run(
+        "--out",
+        str(out),
+        "--size",
+        "24",
+        "--bands",
+        "rgbir",
+        "--resolution",
+        "0.2",
+        "--crs",
+        "EPSG:32632",
+        "--aux",
+        "both",
+    )
     info = rio_info(out / "scene.tif")
     assert info["count"] == 4 and info["crs"] == "EPSG:32632"
     assert info["res"] == pytest.approx([0.2, 0.2])
@@ -84,13 +110,29 @@ def test_refuses_to_overwrite_then_overwrites(tmp_path):
 @pytest.mark.parametrize(
     ("layout", "tiles", "expect"),
     [
-        ("vaihingen", "1,2", ["top/top_mosaic_09cm_area1.tif", "dsm/dsm_09cm_matching_area2.tif",
-                              "gts_for_participants/top_mosaic_09cm_area1.tif"]),
-        ("potsdam", "2_10", ["4_Ortho_RGBIR/top_potsdam_2_10_RGBIR.tif",
-                             "1_DSM/dsm_potsdam_02_10.tif",
-                             "5_Labels_all/top_potsdam_2_10_label.tif"]),
-        ("whu-opt-sar", "NH49E001014", ["optical/NH49E001014.tif", "sar/NH49E001014.tif",
-                                        "lbl/NH49E001014.tif"]),
+        (
+            "vaihingen",
+            "1,2",
+            [
+                "top/top_mosaic_09cm_area1.tif",
+                "dsm/dsm_09cm_matching_area2.tif",
+                "gts_for_participants/top_mosaic_09cm_area1.tif",
+            ],
+        ),
+        (
+            "potsdam",
+            "2_10",
+            [
+                "4_Ortho_RGBIR/top_potsdam_2_10_RGBIR.tif",
+                "1_DSM/dsm_potsdam_02_10.tif",
+                "5_Labels_all/top_potsdam_2_10_label.tif",
+            ],
+        ),
+        (
+            "whu-opt-sar",
+            "NH49E001014",
+            ["optical/NH49E001014.tif", "sar/NH49E001014.tif", "lbl/NH49E001014.tif"],
+        ),
     ],
 )
 def test_layouts(tmp_path, layout, tiles, expect):
@@ -108,8 +150,18 @@ def test_layouts(tmp_path, layout, tiles, expect):
 def test_potsdam_off_palette_tile(tmp_path):
     from rsprompt.data.labels import decode_isprs_rgb
 
-    run("--layout", "potsdam", "--out", str(tmp_path), "--size", "64", "--tiles", "6_7,2_10",
-        "--off-palette", "6_7")
+    run(
+        "--layout",
+        "potsdam",
+        "--out",
+        str(tmp_path),
+        "--size",
+        "64",
+        "--tiles",
+        "6_7,2_10",
+        "--off-palette",
+        "6_7",
+    )
     for tile, odd in (("6_7", True), ("2_10", False)):
         with rasterio.open(tmp_path / "5_Labels_all" / f"top_potsdam_{tile}_label.tif") as src:
             rgb = src.read()
@@ -119,15 +171,32 @@ def test_potsdam_off_palette_tile(tmp_path):
 
 
 def test_layout_default_tiles_and_options(tmp_path):
-    run("--layout", "vaihingen", "--out", str(tmp_path / "v"), "--size", "16",
-        "--labels-flat", "--dsm-world-files")
+    run(
+        "--layout",
+        "vaihingen",
+        "--out",
+        str(tmp_path / "v"),
+        "--size",
+        "16",
+        "--labels-flat",
+        "--dsm-world-files",
+    )
     v = tmp_path / "v"
     for area in (1, 3, 2):
         assert (v / f"top_mosaic_09cm_area{area}.tif").is_file()
         assert (v / f"top_mosaic_09cm_area{area}_noBoundary.tif").is_file()
         assert (v / "dsm" / f"dsm_09cm_matching_area{area}.tfw").is_file()
-    run("--layout", "whu-opt-sar", "--out", str(tmp_path / "w"), "--size", "16", "--no-georef",
-        "--tiles", "NH50E007002")
+    run(
+        "--layout",
+        "whu-opt-sar",
+        "--out",
+        str(tmp_path / "w"),
+        "--size",
+        "16",
+        "--no-georef",
+        "--tiles",
+        "NH50E007002",
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(tmp_path / "w" / "sar" / "NH50E007002.tif") as src:

@@ -228,7 +228,9 @@ def test_boundary_mask_erodes_both_sides():
 AUX_CRS = st.sampled_from([None, "EPSG:32632", "EPSG:32633", "EPSG:3035"])
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     kind=st.sampled_from(["isprs", "whu-opt-sar"]),
     h=st.integers(16, 48),
@@ -250,10 +252,16 @@ def test_written_rasters_are_georeferenced_and_aligned(
     s = generate_scene(kind, (h, w), seed, bands=bands, aux=aux, crs=crs, resolution=res)
     aux_res = None if aux_res_factor is None else res * aux_res_factor
     paths = write_scene(
-        s, out, aux_crs=aux_crs, aux_resolution=aux_res, aux_coverage=coverage,
+        s,
+        out,
+        aux_crs=aux_crs,
+        aux_resolution=aux_res,
+        aux_coverage=coverage,
         aux_nodata_border=border,
     )
-    assert sorted(paths) == sorted(["image", "label", *(["dsm", "sar"] if aux == "both" else [aux])])
+    assert sorted(paths) == sorted(
+        ["image", "label", *(["dsm", "sar"] if aux == "both" else [aux])]
+    )
     assert not list(out.glob(".*tmp*")), "temporary files left behind"
 
     img, prof, interp, _ = read(paths["image"])
@@ -302,7 +310,9 @@ def test_written_rasters_are_georeferenced_and_aligned(
                 tol = want_res + 1e-6
                 assert b.left >= L - tol and b.top <= T + tol
                 area = (b.right - b.left) * (b.top - b.bottom)
-                assert area <= coverage * (R - L) * (T - B) * 1.0 + 4 * tol * (R - L + T - B) + tol**2
+                assert (
+                    area <= coverage * (R - L) * (T - B) * 1.0 + 4 * tol * (R - L + T - B) + tol**2
+                )
         if valid.any() and key == "dsm":
             lo = s.dsm.min() - 0.01
             assert data[valid].min() >= lo and data[valid].max() <= s.dsm.max() + 0.01
@@ -310,8 +320,9 @@ def test_written_rasters_are_georeferenced_and_aligned(
 
 def test_aux_on_other_grid_keeps_heights_where_it_overlaps(tmp_path):
     s = generate_scene("isprs", 96, seed=7)
-    paths = write_scene(s, tmp_path, aux_crs="EPSG:32632", aux_resolution=0.2, aux_coverage=0.6,
-                        aux_nodata_border=3)
+    paths = write_scene(
+        s, tmp_path, aux_crs="EPSG:32632", aux_resolution=0.2, aux_coverage=0.6, aux_nodata_border=3
+    )
     with rasterio.open(paths["dsm"]) as src:
         assert src.crs.to_epsg() == 32632 and src.res == pytest.approx((0.2, 0.2))
         data = src.read(1, masked=True)
@@ -348,16 +359,27 @@ def test_write_scene_without_crs_and_bad_aux(tmp_path):
 
 
 def test_vaihingen_layout(tmp_path):
-    out = write_layout(tmp_path, "vaihingen", tiles=[1, "area2", 32], size=40, seed=1,
-                       dsm_world_files=True, dsm_extra_px=1, eroded_for_participants=True)
+    out = write_layout(
+        tmp_path,
+        "vaihingen",
+        tiles=[1, "area2", 32],
+        size=40,
+        seed=1,
+        dsm_world_files=True,
+        dsm_extra_px=1,
+        eroded_for_participants=True,
+    )
     assert list(out) == [1, 2, 32]
     root = tmp_path
     for area in (1, 2, 32):
         p = out[area]
         assert p["image"] == root / "top" / f"top_mosaic_09cm_area{area}.tif"
         assert p["dsm"] == root / "dsm" / f"dsm_09cm_matching_area{area}.tif"
-        assert p["label"] == (root / "ISPRS_semantic_labeling_Vaihingen_ground_truth_COMPLETE"
-                              / f"top_mosaic_09cm_area{area}.tif")
+        assert p["label"] == (
+            root
+            / "ISPRS_semantic_labeling_Vaihingen_ground_truth_COMPLETE"
+            / f"top_mosaic_09cm_area{area}.tif"
+        )
         assert p["label_eroded"].name == f"top_mosaic_09cm_area{area}_noBoundary.tif"
         assert p["label_eroded"].parent.name == (
             "ISPRS_semantic_labeling_Vaihingen_ground_truth_eroded_COMPLETE"
@@ -399,8 +421,9 @@ def test_vaihingen_layout(tmp_path):
 
 def test_vaihingen_labels_flat(tmp_path):
     out = write_layout(tmp_path, "vaihingen", tiles=[5], size=24, size_jitter=0)
-    flat = write_layout(tmp_path / "flat", "vaihingen", tiles=[5], size=24, size_jitter=0,
-                        labels_flat=True)
+    flat = write_layout(
+        tmp_path / "flat", "vaihingen", tiles=[5], size=24, size_jitter=0, labels_flat=True
+    )
     assert flat[5]["label"] == tmp_path / "flat" / "top_mosaic_09cm_area5.tif"
     assert flat[5]["label_eroded"] == tmp_path / "flat" / "top_mosaic_09cm_area5_noBoundary.tif"
     a, _, _, _ = read(out[5]["label"])
@@ -410,8 +433,13 @@ def test_vaihingen_labels_flat(tmp_path):
 
 
 def test_potsdam_layout_grid_and_off_palette(tmp_path):
-    out = write_layout(tmp_path, "potsdam", tiles=["2_10", "3_10", "2_11", "6_7"], size=32,
-                       off_palette={"6_7": {(255, 255, 0): (252, 255, 0)}})
+    out = write_layout(
+        tmp_path,
+        "potsdam",
+        tiles=["2_10", "3_10", "2_11", "6_7"],
+        size=32,
+        off_palette={"6_7": {(255, 255, 0): (252, 255, 0)}},
+    )
     p = out["2_10"]
     names = {k: v.relative_to(tmp_path).as_posix() for k, v in p.items()}
     assert names == {
@@ -444,8 +472,12 @@ def test_potsdam_layout_grid_and_off_palette(tmp_path):
         assert ndsm.shape == (32, 32) and ndsm.dtype == np.uint8
     t = grids["2_10"]
     assert (t.c, t.f) == pytest.approx((366976.5, 5808562.6)) and t.a == pytest.approx(0.05)
-    assert grids["3_10"].c == pytest.approx(t.c + 32 * 0.05) and grids["3_10"].f == pytest.approx(t.f)
-    assert grids["2_11"].f == pytest.approx(t.f - 32 * 0.05) and grids["2_11"].c == pytest.approx(t.c)
+    assert grids["3_10"].c == pytest.approx(t.c + 32 * 0.05) and grids["3_10"].f == pytest.approx(
+        t.f
+    )
+    assert grids["2_11"].f == pytest.approx(t.f - 32 * 0.05) and grids["2_11"].c == pytest.approx(
+        t.c
+    )
     lab67, _, _, _ = read(out["6_7"]["label"])
     colours = {tuple(c) for c in lab67.reshape(3, -1).T}
     assert (255, 255, 0) not in colours
@@ -474,8 +506,9 @@ def test_whu_layout_georeferenced_and_not(tmp_path):
         lab, _, _, _ = read(p["label"])
         assert set(np.unique(lab)) <= {10, 20, 30, 40, 50, 60, 70}
         assert decode_whu_labels(lab[0]).max() < WHU_OPT_SAR_CLASSES.num_classes
-    plain = write_layout(tmp_path / "plain", "whu-opt-sar", tiles=["NH50E007002"], size=16,
-                         georeferenced=False)
+    plain = write_layout(
+        tmp_path / "plain", "whu-opt-sar", tiles=["NH50E007002"], size=16, georeferenced=False
+    )
     _, prof, _, _ = read(plain["NH50E007002"]["image"])
     assert prof["crs"] is None and prof["transform"].is_identity
 

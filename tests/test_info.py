@@ -106,6 +106,10 @@ def test_human_table():
         "304,367,616",
     ):
         assert text in result.output
+    # prompts/adapters (trainable at inference minus decoder) over the frozen encoder
+    share = (7_797_632 - 669_568) / 304_367_616
+    assert "prompts/adapters : encoder" in result.output
+    assert f"{share:.2%}" in result.output
 
 
 def test_cnn_and_mit_encoders():

@@ -116,4 +116,9 @@ def format_parameter_table(report: dict[str, Any]) -> str:
         lines.append(f"{label:<{width}}  {count:>{num},}")
     share = report["trainable_inference"] / max(1, report["frozen"] + report["trainable_inference"])
     lines.append(f"{'trainable share at inference':<{width}}  {share:>{num}.2%}")
+    if report["frozen"]:
+        # The budget that prompt-tuning papers quote (e.g. SPM's ≤ 5%): decoder excluded.
+        lines.append(
+            f"{'prompts/adapters : encoder':<{width}}  {report['prompt'] / report['frozen']:>{num}.2%}"
+        )
     return "\n".join(lines)

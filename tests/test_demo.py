@@ -99,3 +99,17 @@ def test_full_demo_dsm_beats_optical_only_within_six_minutes(tmp_path):
     assert seconds < 6 * 60, seconds
     assert metrics["miou_with_dsm"] > metrics["miou_optical_only"], metrics
     assert metrics["miou_with_dsm"] > 0.4, metrics
+
+
+@pytest.mark.slow
+def test_demo_prediction_opens_in_qgis_as_a_paletted_class_named_layer(demo_run, tmp_path):
+    from test_inference_qgis import has_qgis, qgis_layer_info
+
+    if not has_qgis():
+        pytest.skip("PyQGIS (system python3) not installed")
+    out, _ = demo_run
+    res = qgis_layer_info(out / "prediction.tif", tmp_path)
+    assert res["valid"] and res["renderer"] == "paletted", res
+    assert [c[1] for c in res["classes"]] == list(ISPRS_CLASSES.names)
+    with rasterio.open(out / "scene.tif") as src:
+        assert res["crs"] == src.crs.to_string() and res["size"] == [src.width, src.height]

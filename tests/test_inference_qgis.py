@@ -39,7 +39,24 @@ app.exitQgis()
 """
 
 
-def _has_qgis() -> bool:
+def qgis_layer_info(path: Path, tmp_path: Path) -> dict:
+    """Open ``path`` as a raster layer in QGIS (system python3, offscreen) and describe it."""
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    script = tmp_path / "qgis_check.py"
+    script.write_text(CHECK)
+    proc = subprocess.run(
+        [str(SYSTEM_PYTHON), str(script), str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert lines, proc.stdout + proc.stderr
+    return json.loads(lines[0][7:])
+
+
+def has_qgis() -> bool:
     if not SYSTEM_PYTHON.exists():
         return False
     r = subprocess.run([str(SYSTEM_PYTHON), "-c", "import qgis.core"], capture_output=True)
@@ -59,7 +76,7 @@ class Stripes(SegmentationModel):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _has_qgis(), reason="PyQGIS (system python3) not installed")
+@pytest.mark.skipif(not has_qgis(), reason="PyQGIS (system python3) not installed")
 def test_qgis_opens_map_with_class_names(tmp_path):
     rng = np.random.default_rng(0)
     img = rng.integers(0, 255, (3, 1100, 900), dtype=np.uint8)
@@ -80,18 +97,7 @@ def test_qgis_opens_map_with_class_names(tmp_path):
     predict_scene(
         scene, Stripes(), out, classes=ISPRS_CLASSES, window=256, overlap=64, progress=False
     )
-    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
-    script = tmp_path / "check.py"
-    script.write_text(CHECK)
-    proc = subprocess.run(
-        [str(SYSTEM_PYTHON), str(script), str(out)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
-    res = json.loads(line[7:])
+    res = qgis_layer_info(out, tmp_path)
     assert res["valid"] and res["renderer"] == "paletted"
     assert res["crs"] == "EPSG:32633" and res["size"] == [900, 1100]
     assert res["nodata"] == 255
@@ -102,13 +108,6 @@ def test_qgis_opens_map_with_class_names(tmp_path):
     bare = tmp_path / "bare"
     bare.mkdir()
     shutil.copy(out, bare / "map.tif")
-    proc = subprocess.run(
-        [str(SYSTEM_PYTHON), str(script), str(bare / "map.tif")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    res = json.loads(next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))[7:])
+    res = qgis_layer_info(bare / "map.tif", tmp_path)
     assert res["renderer"] == "paletted"
     assert res["classes"][1][1] != "building"

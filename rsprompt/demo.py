@@ -584,12 +584,18 @@ def _report(out: Path, m: dict[str, Any], log: Callable[[str], None]) -> None:
         log(f"{name:<22}{fa:>10}{fb:>10}")
     log(f"done in {m['seconds']:.0f} s.")
     log("")
+    out = out.resolve()
     log("Open in QGIS (Layer > Add Layer > Add Raster/Vector Layer, or drag and drop):")
     log(f"  {out / 'prediction.tif'}   class map; its .qml gives class names and colours")
     log(f"  {out / 'scene.tif'}        the optical scene (EPSG:32633)")
     log(f"  {out / 'dsm.tif'}          the DSM (another CRS and resolution; QGIS reprojects)")
     log(f"  {out / 'prediction.gpkg'}  polygons with class id and name")
     log(f"Preview: {out / 'preview.png'}; metrics: {out / 'metrics.json'}")
+    log("Predict a scene from the command line the same way:")
+    log(
+        f"  rsprompt predict {out / 'scene.tif'} --dem {out / 'dsm.tif'} "
+        f"--model {out / 'model.ckpt'} -o my_map.tif --vectors my_map.gpkg"
+    )
 
 
 def clean_demo_outputs(out_dir: str | os.PathLike) -> None:

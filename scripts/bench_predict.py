@@ -34,6 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # ----------------------------------------------------------------------------- model
 MODEL = os.environ.get("RSPROMPT_BENCH_MODEL", "light")
+#: glibc's mmap threshold in every run (bytes), or ``dynamic`` for glibc's default behaviour.
+MMAP_THRESHOLD = os.environ.get("RSPROMPT_BENCH_MMAP_THRESHOLD", str(1 << 20))
 
 
 def build_model(num_classes: int = 6):
@@ -369,9 +371,11 @@ def measure_once(kind: str, scene: Path, args: argparse.Namespace) -> dict:
         **os.environ,
         "PYTHONWARNINGS": "ignore",
         "OMP_WAIT_POLICY": "PASSIVE",
-        "GDAL_CACHEMAX": "128",  # as `rsprompt predict` sets it
-        "MALLOC_MMAP_THRESHOLD_": str(1 << 20),  # as `rsprompt predict` sets it (mallopt)
+        "GDAL_CACHEMAX": "32",  # as `rsprompt predict` sets it
+        "THP_MEM_ALLOC_ENABLE": "1",  # as `rsprompt predict` sets it
     }
+    if MMAP_THRESHOLD != "dynamic":
+        env["MALLOC_MMAP_THRESHOLD_"] = MMAP_THRESHOLD
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -400,7 +404,7 @@ def main() -> None:
     print(
         f"model: {MODEL}; window {args.window}, overlap {args.overlap}, batch "
         f"{args.batch_size}, torch threads {os.cpu_count()} cores, OMP_WAIT_POLICY=PASSIVE, "
-        "GDAL_CACHEMAX=128, MALLOC_MMAP_THRESHOLD_=1 MiB"
+        f"GDAL_CACHEMAX=32, THP_MEM_ALLOC_ENABLE=1, MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD}"
     )
     rows = {k: measure(k, s1, args) for k in ("floor", "ours", "baseline")}
     big = measure("ours", s2, args)

@@ -14,8 +14,13 @@ import click
 # which the lazy CLI guarantees for `rsprompt predict`.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # GDAL's block cache defaults to 5% of the RAM and fills with the blocks of big scenes: cap it so
-# that peak memory does not follow the scene's size.
-os.environ.setdefault("GDAL_CACHEMAX", "128")
+# that peak memory does not follow the scene's size (32 MB holds a row of 512-px windows of a
+# 6000-px-wide 3-band scene; blocks re-read after eviction cost little).
+os.environ.setdefault("GDAL_CACHEMAX", "32")
+# With the fixed 1 MiB mmap threshold below, every large torch tensor is a fresh mmap: backing it
+# with transparent huge pages (torch's THP_MEM_ALLOC_ENABLE, Linux) cuts the page faults that made
+# a light model's forward pass ~1.6× slower.
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 
 def _fixed_mmap_threshold(nbytes: int = 1 << 20) -> None:

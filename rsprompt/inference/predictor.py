@@ -459,14 +459,19 @@ def predict_scene(
                     weight_cache[key] = window_weight(win, reader.height, reader.width, overlap)
                 return weight_cache[key]
 
+            # Columns spanned by each window row of each band: the strip read once per row.
+            row_span: dict[tuple[int, int], tuple[int, int]] = {}
+            for band, batch in batches:
+                for win in batch:
+                    lo, hi = row_span.get((band, win.row), (win.col, win.col_end))
+                    row_span[(band, win.row)] = (min(lo, win.col), max(hi, win.col_end))
+
             def read_loop() -> None:
+                strips = reader.row_reader()
                 for band, batch in batches:
                     imgs, auxs, avals, valids = [], [], [], []
                     for win in batch:
-                        img, valid = reader.read_scene(win)
-                        a = av = None
-                        if reader.has_aux:
-                            a, av = reader.read_aux(win)
+                        img, valid, a, av = strips.read(win, *row_span[(band, win.row)])
                         img, a, av = norm(img, a, av, (win.row, win.col))
                         if a is not None and av is not None:
                             av = np.asarray(av).reshape(win.height, win.width) > 0

@@ -300,6 +300,10 @@ class SceneReader:
         aux = np.where(valid[None], aux, np.float32(0.0)).astype(np.float32, copy=False)
         return aux, valid
 
+    def row_reader(self) -> RowStripReader:
+        """A reader of windows that reads (and warps) each row of windows once."""
+        return RowStripReader(self)
+
     def aux_statistics(self, block_rows: int = 512, ground_cell: int | None = None) -> AuxStats:
         """Per-band min/max/mean/std over the valid aux pixels of the whole scene grid.
 
@@ -438,3 +442,52 @@ class SceneReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class RowStripReader:
+    """Reads windows of one scene row band at a time from a cached strip.
+
+    Overlapping windows of the same row would read (and warp) their shared columns twice; this
+    reads the strip ``rows × [col0, col1)`` covering a window row once, on the first window of that
+    row, and cuts the windows from it. Windows must come in row-major order per column band; the
+    strip is replaced when a window of another row or column band arrives. Memory: one strip of
+    the scene's and the aux's bands as float32.
+
+    Args:
+        reader: The scene reader.
+    """
+
+    def __init__(self, reader: SceneReader) -> None:
+        self.reader = reader
+        self._key: tuple[int, int, int, int] | None = None
+        self._scene: tuple[np.ndarray, np.ndarray] | None = None
+        self._aux: tuple[np.ndarray, np.ndarray] | None = None
+
+    def _load(self, row: int, height: int, col0: int, col1: int) -> None:
+        strip = Window(row, col0, height, col1 - col0)
+        self._scene = self.reader.read_scene(strip)
+        self._aux = self.reader.read_aux(strip) if self.reader.has_aux else None
+        self._key = (row, height, col0, col1)
+
+    def read(
+        self, win: Window, col0: int, col1: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """``(image C×h×w, valid h×w, aux A×h×w | None, aux_valid h×w | None)`` of ``win``.
+
+        Args:
+            win: The window (inside ``[col0, col1)``).
+            col0: First column of the strip (the window row's first window).
+            col1: End column of the strip (the window row's last window end).
+        """
+        key = (win.row, win.height, col0, col1)
+        if key != self._key:
+            self._load(*key)
+        assert self._scene is not None
+        cs = slice(win.col - col0, win.col - col0 + win.width)
+        # Copies: a normaliser may work in place, and neighbouring windows share columns.
+        image, valid = self._scene
+        out_img, out_valid = image[:, :, cs].copy(), valid[:, cs].copy()
+        if self._aux is None:
+            return out_img, out_valid, None, None
+        aux, aux_valid = self._aux
+        return out_img, out_valid, aux[:, :, cs].copy(), aux_valid[:, cs].copy()

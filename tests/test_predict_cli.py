@@ -266,3 +266,65 @@ def test_palette_and_classes_options(tmp_path, checkpoint, scenes):
     assert rasterio.open(out).colormap(1)[0][:3] == (16, 32, 48)
     res = run(sc["south"], "-m", checkpoint, "-o", tmp_path / "x.tif", "--classes", "a,b")
     assert res.exit_code == 1 and "not open-vocabulary" in res.output
+
+
+def test_open_vocabulary_checkpoint_predicts_with_other_class_names(tmp_path, scenes):
+    """RPN (tiny random CLIP): `--classes` replaces the vocabulary; known names keep their colours."""
+    torch.manual_seed(0)
+    model = registry.build_model("rpn", "rsprompt-tiny-clip", 6, aux_channels=0, img_size=64)
+    norm = normalize.Normalization(normalize.OpticalNormalizer(), None)
+    meta = ckpt_mod.model_meta(
+        model,
+        weights=None,
+        encoder_seed=0,
+        model_kwargs={"img_size": 64},
+        classes=ISPRS_CLASSES.names,
+        colors=ISPRS_CLASSES.colors,
+        normalization=norm,
+        patch_size=64,
+    )
+    ckpt = ckpt_mod.save_model_checkpoint(tmp_path / "rpn.ckpt", model, meta)
+    _, sc = scenes
+    out = tmp_path / "ov.tif"
+    res = run(
+        sc["north"],
+        "-m",
+        ckpt,
+        "-o",
+        out,
+        "-q",
+        "--window",
+        64,
+        "--overlap",
+        16,
+        "--classes",
+        "tree, building ,road",
+    )
+    assert res.exit_code == 0, res.output
+    with rasterio.open(out) as ds:
+        values = np.unique(ds.read(1))
+        cmap = ds.colormap(1)
+    assert set(values.tolist()) <= {0, 1, 2, 255}
+    assert cmap[0][:3] == ISPRS_CLASSES.colors[3]  # "tree" keeps the checkpoint's colour
+    assert cmap[1][:3] == ISPRS_CLASSES.colors[1]  # "building" too
+    qml = out.with_suffix(".qml").read_text()
+    assert all(f'label="{n}"' in qml for n in ("tree", "building", "road"))
+    assert "low vegetation" not in qml
+    # The vocabulary decides the output: a single-class vocabulary gives one class everywhere.
+    res = run(
+        sc["north"],
+        "-m",
+        ckpt,
+        "-o",
+        tmp_path / "one.tif",
+        "-q",
+        "--window",
+        64,
+        "--overlap",
+        16,
+        "--classes",
+        "tree",
+    )
+    assert res.exit_code == 0, res.output
+    with rasterio.open(tmp_path / "one.tif") as ds:
+        assert set(np.unique(ds.read(1)).tolist()) <= {0, 255}

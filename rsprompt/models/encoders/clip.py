@@ -26,11 +26,14 @@ same ``create_model(name, pretrained=PATH)`` path as the real models.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import hashlib
 import json
+import logging
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -266,7 +269,7 @@ def build_clip(
     if img_size is not None:
         kwargs["force_image_size"] = int(img_size)
     if weights_path is None:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), _no_random_init_warning():
             if seed is not None:
                 torch.manual_seed(seed)
             model = open_clip.create_model(name, pretrained=None, pretrained_text=False, **kwargs)
@@ -308,6 +311,23 @@ def build_clip(
     return visual, text, spec
 
 
+class _DropRandomInitNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _no_random_init_warning() -> Iterator[None]:
+    """Silence open_clip's root-logger notice for a random init that was asked for on purpose."""
+    flt = _DropRandomInitNotice()
+    root = logging.getLogger()
+    root.addFilter(flt)
+    try:
+        yield
+    finally:
+        root.removeFilter(flt)
+
+
 def _load_torchscript_weights(
     open_clip: Any, name: str, path: Path, kwargs: dict[str, Any], err: BaseException
 ) -> nn.Module:
@@ -318,7 +338,8 @@ def _load_torchscript_weights(
         raise RuntimeError(f"could not load CLIP weights from {path}: {err}") from err
     for key in ("input_resolution", "context_length", "vocab_size"):
         state.pop(key, None)
-    model = open_clip.create_model(name, pretrained=None, pretrained_text=False, **kwargs)
+    with _no_random_init_warning():  # the weights are loaded right below
+        model = open_clip.create_model(name, pretrained=None, pretrained_text=False, **kwargs)
     from open_clip.model import resize_pos_embed
 
     # Scripted models also store non-persistent buffers (the causal attention masks).

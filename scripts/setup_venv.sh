@@ -5,10 +5,13 @@
 #   $RSPROMPT_PYTHON, python3.12 on PATH, pyenv's newest versions/3.12.*/bin/python,
 #   then (with a notice) python3.13+ and pyenv's 3.13+, then python3 if it is >= 3.12.
 # Usage: scripts/setup_venv.sh [VENV_DIR]   (default .venv)
+#        scripts/setup_venv.sh --find-python   (print the Python it would use; exit 1 if none)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${1:-.venv}
 STAMP="$VENV/.rsprompt-installed"
+NO_PYTHON="error: rsprompt needs Python >= 3.12 (3.12 preferred) and none was found.
+       Install one (e.g. 'pyenv install 3.12') or set RSPROMPT_PYTHON=/path/to/python3.12."
 
 works() {  # works PYTHON MINOR -> 0 when PYTHON runs and is 3.MINOR
     local out
@@ -40,10 +43,14 @@ find_python() {
     return 1
 }
 
+if [ "$VENV" = "--find-python" ]; then
+    find_python || { echo "$NO_PYTHON" >&2; exit 1; }
+    exit 0
+fi
+
 if [ ! -x "$VENV/bin/python" ]; then
     if ! PY=$(find_python); then
-        echo "error: rsprompt needs Python >= 3.12 (3.12 preferred) and none was found." >&2
-        echo "       Install one (e.g. 'pyenv install 3.12') or set RSPROMPT_PYTHON=/path/to/python3.12." >&2
+        echo "$NO_PYTHON" >&2
         exit 1
     fi
     echo "creating $VENV with $PY ($("$PY" --version 2>&1))"

@@ -106,13 +106,7 @@ def test_all_configs_shipped():
         )
 
 
-#: Second configs of a method whose tiny build is slow on CPU: run with ``-m slow``.
-SLOW = {"dplnet_potsdam.yaml", "gopt_vaihingen.yaml"}
-
-
-@pytest.mark.parametrize(
-    "config", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW else c for c in CONFIGS]
-)
+@pytest.mark.parametrize("config", CONFIGS)
 def test_config_trains_with_tiny_encoder(config, fixtures, tmp_path):
     out = tmp_path / "run"
     result = run_train(tiny_args(config, fixtures[_dataset_of(config)], out))
@@ -122,7 +116,19 @@ def test_config_trains_with_tiny_encoder(config, fixtures, tmp_path):
     meta = obj["meta"]
     assert meta["weights"] is None and meta["encoder_seed"] == 0
     assert meta["dataset"] == _dataset_of(config) and meta["patch_size"] == 64
-    n = sum(v.numel() for v in obj["state_dict"].values())
+    # Only trainable inference parameters (+ their buffers): never the frozen encoder.
+    from rsprompt.engine.checkpoint import load_model_checkpoint
+
+    model, _ = load_model_checkpoint(ckpt)
+    trainable = {k for k, p in model.named_parameters() if p.requires_grad}
+    params = {k for k, _ in model.named_parameters()}
+    saved = obj["state_dict"]
+    assert {k for k in saved if k in params} <= trainable
+    assert (
+        sum(saved[k].numel() for k in saved if k in params)
+        == (model.parameter_report()["trainable_inference"])
+    )
+    n = sum(v.numel() for v in saved.values())
     assert ckpt.stat().st_size <= 4 * n * 1.01 + 512_000
     metrics = json.loads((out / "val_metrics.json").read_text())
     assert metrics["step"] == 3 and 0.0 <= metrics["oa"] <= 1.0

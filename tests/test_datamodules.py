@@ -189,6 +189,8 @@ def test_patch_larger_than_every_tile_fails_loudly(roots):
     dm = VaihingenDataModule(roots["vaihingen"], patch_size=128)
     with pytest.raises(ValueError, match="no 128×128 px patch can be sampled from the train tiles"):
         dm.setup("fit")
+    with pytest.raises(ValueError, match=r"smaller patch size \(--data.patch_size, at most (\d+)"):
+        dm.setup("fit")
 
 
 def test_epoch_shorter_than_a_batch_fails_loudly(roots):

@@ -18,6 +18,76 @@ def test_setup_script_finds_a_working_python():
     assert "torch==2.14.1" in pins and "torchvision==0.29.1" in pins
 
 
+def _exe(path: Path, body: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\n" + body + "\n")
+    path.chmod(0o755)
+    return path
+
+
+def _find_python(tmp_path: Path, fake_bin: Path, pyenv_root: Path) -> subprocess.CompletedProcess:
+    """Run the set-up script's finder with only ``fake_bin`` and the system folders on PATH."""
+    _exe(fake_bin / "pyenv", f'[ "$1" = root ] && echo {pyenv_root}')
+    env = {"PATH": f"{fake_bin}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    return subprocess.run(
+        ["bash", str(ROOT / "scripts" / "setup_venv.sh"), "--find-python"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+
+def _fake_python(path: Path, version: str) -> Path:
+    """A 'python' that answers the finder's version probe with ``version``."""
+    return _exe(path, f'echo "{version}"')
+
+
+def test_finder_skips_a_broken_shim_and_takes_pyenvs_newest_312(tmp_path):
+    fake_bin, root = tmp_path / "bin", tmp_path / "pyenv"
+    _exe(fake_bin / "python3.12", "echo 'pyenv: python3.12: command not found' >&2; exit 127")
+    _fake_python(root / "versions" / "3.12.1" / "bin" / "python", "3.12")
+    _fake_python(root / "versions" / "3.12.10" / "bin" / "python", "3.12")
+    _fake_python(root / "versions" / "3.13.0" / "bin" / "python", "3.13")
+    res = _find_python(tmp_path, fake_bin, root)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == str(root / "versions" / "3.12.10" / "bin" / "python")
+    assert "no working Python 3.12" not in res.stderr
+
+
+def test_finder_uses_313_only_without_a_312_and_says_so(tmp_path):
+    fake_bin, root = tmp_path / "bin", tmp_path / "pyenv"
+    _exe(fake_bin / "python3.12", "exit 127")
+    _fake_python(root / "versions" / "3.13.0" / "bin" / "python", "3.13")
+    res = _find_python(tmp_path, fake_bin, root)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == str(root / "versions" / "3.13.0" / "bin" / "python")
+    assert "no working Python 3.12 found; trying 3.13" in res.stderr
+
+
+def test_finder_fails_clearly_without_a_python(tmp_path):
+    fake_bin, root = tmp_path / "bin", tmp_path / "pyenv"
+    _exe(fake_bin / "python3.12", "exit 127")
+    _fake_python(root / "versions" / "3.11.9" / "bin" / "python", "3.11")
+    res = _find_python(tmp_path, fake_bin, root)
+    assert res.returncode == 1
+    assert "rsprompt needs Python >= 3.12" in res.stderr and "RSPROMPT_PYTHON" in res.stderr
+
+
+@pytest.mark.parametrize("pytest_code", [1, 5])
+def test_ci_run_fails_when_the_tests_fail_or_none_ran(tmp_path, pytest_code):
+    """.ci/run propagates a failing `make test` (pytest's 5, "no tests", included)."""
+    repo = tmp_path / "repo"
+    (repo / ".ci").mkdir(parents=True)
+    shutil.copy(ROOT / ".ci" / "run", repo / ".ci" / "run")
+    (repo / "Makefile").write_text(f"test:\n\t@echo running tests; exit {pytest_code}\n")
+    res = subprocess.run(["bash", str(repo / ".ci" / "run")], capture_output=True, text=True)
+    assert res.returncode != 0 and "running tests" in res.stdout
+    (repo / "Makefile").write_text("test:\n\t@echo running tests\n")
+    res = subprocess.run(["bash", str(repo / ".ci" / "run")], capture_output=True, text=True)
+    assert res.returncode == 0
+
+
 def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()

@@ -507,8 +507,10 @@ def check_patch_fits(
     geom = dataset.index.geometry.union_all()
     if shapely.buffer(geom, -distance).is_empty:
         sizes = []
+        min_side = math.inf
         for _, row in dataset.index.iterrows():
             x0, y0, x1, y1 = row.geometry.bounds
+            min_side = min(min_side, (x1 - x0) / xres, (y1 - y0) / yres)
             sizes.append(
                 f"{row.get('tile', '?')}: {round((x1 - x0) / xres)}×{round((y1 - y0) / yres)} px"
             )
@@ -517,6 +519,8 @@ def check_patch_fits(
             f"no {ph}×{pw} px patch can be sampled from the{where} tiles (TorchGeo's random "
             f"sampler needs tiles of at least ~{math.ceil(1.42 * max(ph, pw))} px a side): "
             + ", ".join(sizes)
+            + f"; pass a smaller patch size (--data.patch_size, at most "
+            f"{max(16, int(min_side / 1.42) // 16 * 16)} here)"
         )
 
 

@@ -105,3 +105,85 @@ def test_train_evaluate_resume_cli(tmp_path):
     result = run_train([*args, "--ckpt_path", "last"])
     assert json.loads((out / "val_metrics.json").read_text())["step"] == 6
     assert result["model_ckpt"] == ckpt
+
+
+def test_rpn_zero_shot_evaluation_reports_seen_unseen_and_hiou(tmp_path):
+    """`rsprompt evaluate` on an RPN checkpoint trained with unseen classes ignored."""
+    root = _make("potsdam", tmp_path)
+    out = tmp_path / "rpn"
+    run_train(tiny_args("rpn_potsdam.yaml", root, out, steps=3))
+    res = CliRunner().invoke(
+        main,
+        [
+            "evaluate",
+            "--model",
+            str(out / "model.ckpt"),
+            "--data.root",
+            str(root),
+            "--window",
+            "64",
+            "--stride",
+            "64",
+            "--quiet",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "mIoU(seen)" in res.output and "hIoU" in res.output
+    metrics = json.loads((out / "eval_test" / "metrics.json").read_text())
+    s, u = metrics["miou_seen"], metrics["miou_unseen"]
+    assert 0.0 <= s <= 1.0 and 0.0 <= u <= 1.0
+    expected = 0.0 if s + u == 0 else 2 * s * u / (s + u)
+    assert metrics["hiou"] == pytest.approx(expected)
+
+
+def test_trained_checkpoint_predicts_a_scene_with_a_dsm_on_another_grid(tmp_path):
+    """`rsprompt train` → `rsprompt predict` (TTA, batches, ZSTD, NEAREST overviews) → a COG."""
+    import numpy as np
+    import rasterio
+
+    from rsprompt.data.synthetic import generate_scene, write_scene
+
+    root = _make("vaihingen", tmp_path)
+    out = tmp_path / "run"
+    run_train(tiny_args("mobanet_vaihingen.yaml", root, out, steps=2))
+    sc = generate_scene("isprs", size=(600, 560), seed=3, resolution=0.1)
+    paths = write_scene(
+        sc, tmp_path / "scene", aux_crs="EPSG:32632", aux_resolution=0.25, aux_coverage=0.8
+    )
+    ckpt = out / "model.ckpt"
+    pred = tmp_path / "map.tif"
+    args = [
+        "predict",
+        str(paths["image"]),
+        "--model",
+        str(ckpt),
+        "--dem",
+        str(paths["dsm"]),
+        "-o",
+        str(pred),
+        "--window",
+        "128",
+        "--overlap",
+        "32",
+        "--batch-size",
+        "2",
+        "--tta",
+        "--device",
+        "cpu",
+        "--overviews",
+        "nearest",
+        "--compress",
+        "zstd",
+        "-q",
+    ]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    with rasterio.open(paths["image"]) as src, rasterio.open(pred) as ds:
+        assert (ds.crs, ds.transform, ds.shape) == (src.crs, src.transform, src.shape)
+        assert ds.compression.name.lower() == "zstd"
+        assert ds.overviews(1) == [2]
+        ov = ds.read(1, out_shape=(ds.height // 2, ds.width // 2))
+        assert set(np.unique(ov).tolist()) <= set(range(6)) | {255}
+    # a random-encoder checkpoint refuses an encoder weights file, naming the problem
+    res = CliRunner().invoke(main, [*args[:-1], "--overwrite", "--weights", str(ckpt)])
+    assert res.exit_code != 0 and "randomly initialised encoder" in res.output

@@ -46,6 +46,9 @@ def test_complete_generated_folders_pass(tmp_path, name):
         assert "EPSG:32633" in result.output
     if name == "vaihingen":
         assert "no CRS" in result.output
+        # the 3 validation areas are counted apart from the 13 training areas
+        assert "of 13 official tiles (+3 held out for validation)" in result.output
+        assert "val: " in result.output and "of 3 official tiles" in result.output
 
 
 def test_cli_is_registered():

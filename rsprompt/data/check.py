@@ -118,8 +118,16 @@ class FolderCheck:
             tiles = groups.get(split, [])
             if not tiles and split not in official:
                 continue
-            total = len(official.get(split, ())) if split in official else None
+            ids = set(official.get(split, ()))
+            note = ""
+            if split == "train" and "val" in official:
+                # The validation tiles are held out of the official training tiles.
+                held = ids & set(official["val"])
+                ids -= held
+                note = f" (+{len(held)} held out for validation)" if held else ""
+            total = len(ids) if split in official else None
             count = f"{len(tiles)} of {total} official tiles" if total else f"{len(tiles)} tiles"
+            count += note
             lines.append(f"{split}: {count}")
             for t in tiles:
                 lines.append(f"  {t.name}")

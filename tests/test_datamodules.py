@@ -253,3 +253,25 @@ def test_lightning_trainer_drives_the_datamodule(roots):
     trainer.fit(model, datamodule=dm)
     assert model.seen["train"] == 4 and model.seen["val"] >= 2
     assert dm.train_sampler.epoch == 2  # epochs 0 and 1 were drawn
+
+
+@pytest.mark.parametrize("restore_before_setup", [True, False])
+def test_restored_state_continues_the_sampler_epochs(roots, restore_before_setup):
+    """A resumed run draws the next epoch's patches, not epoch 0's again (also under DDP,
+    where Lightning's set_epoch reaches only its DistributedSamplerWrapper)."""
+    kw = {"patch_size": 32, "length": 4, "batch_size": 2, "seed": 7}
+    dm = VaihingenDataModule(roots["vaihingen"], **kw)
+    dm.setup("fit")
+    first = list(dm.train_sampler)
+    state = dm.state_dict()
+    assert state["epoch"] == 1
+    expected = list(dm.train_sampler)  # epoch 1
+    resumed = VaihingenDataModule(roots["vaihingen"], **kw)
+    if restore_before_setup:
+        resumed.load_state_dict(state)
+        resumed.setup("fit")
+    else:
+        resumed.setup("fit")
+        resumed.load_state_dict(state)
+    again = list(resumed.train_sampler)
+    assert again == expected and again != first

@@ -97,6 +97,7 @@ class MultimodalDataModule(LightningDataModule):
         self.dataset_kwargs = dataset_kwargs
         self.datasets: dict[str, MultimodalTileDataset] = {}
         self.train_sampler: SeededRandomPatchSampler | None = None
+        self._restored_epoch: int | None = None
 
     @classmethod
     def default_normalization(cls) -> Normalization:
@@ -130,6 +131,8 @@ class MultimodalDataModule(LightningDataModule):
             self.train_sampler = SeededRandomPatchSampler(
                 train, size=self.patch_size, length=self.length, seed=self.seed, split="train"
             )
+            if self._restored_epoch is not None:
+                self.train_sampler.set_epoch(self._restored_epoch)
         if stage in ("fit", "validate"):
             self.dataset("val")
         if stage == "test":
@@ -215,6 +218,13 @@ class MultimodalDataModule(LightningDataModule):
         self.normalization = Normalization.from_dict(state_dict["normalization"])
         self.seed = int(state_dict.get("seed", self.seed))
         self.datasets.clear()
+        # The sampler's epoch: Lightning's own set_epoch does not reach a sampler it wrapped for
+        # DDP (DistributedSamplerWrapper), so a resumed run would replay epoch 0's patches.
+        epoch = state_dict.get("epoch")
+        self._restored_epoch = None if epoch is None else int(epoch)
+        if self.train_sampler is not None and self._restored_epoch is not None:
+            self.train_sampler.seed = self.seed
+            self.train_sampler.set_epoch(self._restored_epoch)
 
 
 class VaihingenDataModule(MultimodalDataModule):

@@ -17,6 +17,7 @@ from rasterio.warp import Resampling, reproject
 from rsprompt.data.labels import ISPRS_CLASSES, ClassTable
 from rsprompt.inference import PredictError, predict_scene
 from rsprompt.inference.reader import SceneReader
+from rsprompt.inference.windows import window_grid
 from rsprompt.models.base import SegmentationModel
 
 CRS = "EPSG:32633"
@@ -761,3 +762,145 @@ def test_row_strip_reader_gives_the_windows_of_direct_reads(tmp_path):
             img[:] = -1  # a normaliser working in place must not touch the next window
         img, *_ = strips.read(wins[1], *span[wins[1].row])
         assert (img >= 0).all()
+
+
+def _minmax_checkpoint_normalizer():
+    from rsprompt.data.normalize import DSMNormalizer, Normalization, OpticalNormalizer
+    from rsprompt.inference.from_checkpoint import CheckpointNormalizer
+
+    return CheckpointNormalizer(Normalization(OpticalNormalizer(), DSMNormalizer("minmax")), 1.0)
+
+
+def _dsm_scene(tmp_path, h=200, w=260):
+    scene = write_raster(tmp_path / "s.tif", scene_array(h, w))
+    yy, xx = np.mgrid[0:h, 0:w]
+    dsm = (20 + 0.1 * xx + 8 * ((yy // 30 + xx // 40) % 2)).astype(np.float32)
+    dsm[:12, :50] = -9999.0
+    return scene, write_raster(tmp_path / "d.tif", dsm, nodata=-9999.0)
+
+
+def test_pixelwise_normaliser_runs_once_per_window_row_with_the_same_result(tmp_path):
+    """A pixelwise normaliser is applied per row strip; the maps equal per-window normalisation."""
+    scene, aux = _dsm_scene(tmp_path)
+    calls = {"strip": 0, "window": 0}
+
+    class Counting:
+        """The checkpoint normaliser, counted; ``pixelwise`` decides how predict_scene calls it."""
+
+        def __init__(self, pixelwise, key):
+            self.inner = _minmax_checkpoint_normalizer()
+            self.pixelwise, self.key = pixelwise, key
+            self.needs_aux_stats, self.ground_cell_px = True, None
+
+        def fit(self, stats):
+            self.inner.fit(stats)
+
+        def __call__(self, image, aux, aux_valid, offset):
+            calls[self.key] += 1
+            return self.inner(image, aux, aux_valid, offset)
+
+    outs = {}
+    for key, pixelwise in (("strip", True), ("window", False)):
+        out, probs = tmp_path / f"{key}.tif", tmp_path / f"{key}_p.tif"
+        s = predict_scene(
+            scene,
+            Pixelwise(),
+            out,
+            aux=aux,
+            aux_channels=1,
+            normalize=Counting(pixelwise, key),
+            classes=ISPRS_CLASSES,
+            window=64,
+            overlap=16,
+            probabilities=probs,
+            progress=False,
+        )
+        with rasterio.open(probs) as ds:
+            outs[key] = (read(out)[0], ds.read())
+    rows = len({w.row for w in window_grid(200, 260, 64, 16)})
+    assert calls == {"strip": rows, "window": s.windows}
+    np.testing.assert_array_equal(outs["strip"][0], outs["window"][0])
+    assert np.abs(outs["strip"][1].astype(int) - outs["window"][1].astype(int)).max() <= 1
+
+
+def test_inline_pipeline_equals_overlapped(tmp_path):
+    """overlap_io=False (everything on the calling thread) writes the same maps."""
+    scene, aux = _dsm_scene(tmp_path)
+    maps = []
+    for overlap_io in (True, False):
+        out, probs = tmp_path / f"{overlap_io}.tif", tmp_path / f"{overlap_io}_p.tif"
+        predict_scene(
+            scene,
+            Pixelwise(),
+            out,
+            aux=aux,
+            aux_channels=1,
+            normalize=_minmax_checkpoint_normalizer(),
+            classes=ISPRS_CLASSES,
+            window=64,
+            overlap=16,
+            batch_size=3,
+            probabilities=probs,
+            overlap_io=overlap_io,
+            progress=False,
+        )
+        with rasterio.open(probs) as ds:
+            maps.append((read(out)[0], ds.read()))
+    np.testing.assert_array_equal(maps[0][0], maps[1][0])
+    np.testing.assert_array_equal(maps[0][1], maps[1][1])
+
+
+def test_coarse_aux_is_upsampled_from_a_coarser_warp(tmp_path):
+    """A DSM 2.5× coarser in another CRS: warped onto a 2× coarser grid, then upsampled.
+
+    On a planar DSM bilinear interpolation is exact, so both routes give the same heights; the
+    validity of the upsampled route never leaks values from nodata pixels.
+    """
+    from pyproj import Transformer
+
+    from rsprompt.inference.windows import Window
+
+    scene = write_raster(tmp_path / "s.tif", scene_array(180, 220))
+    tr = Transformer.from_crs(CRS, "EPSG:32632", always_xy=True)
+    x0, y0 = tr.transform(ORIGIN[0] - 15, ORIGIN[1] + 15)
+    yy, xx = np.mgrid[0:90, 0:110]
+    plane = (40 + 0.5 * xx - 0.25 * yy).astype(np.float32)
+    plane[30:40, 50:60] = -9999.0
+    aux = write_raster(
+        tmp_path / "d.tif",
+        plane,
+        crs="EPSG:32632",
+        transform=from_origin(x0, y0, 2.5, 2.5),
+        nodata=-9999.0,
+    )
+    win = Window(0, 0, 180, 220)
+    with SceneReader(scene, aux, aux_channels=1) as coarse_route:
+        assert coarse_route.aux_factor == 2
+        a_up, v_up = coarse_route.read_aux(win)
+        part, part_valid = coarse_route.read_aux(Window(37, 51, 64, 80))
+    with SceneReader(scene, aux, aux_channels=1, upsample_coarse_aux=False) as direct:
+        assert direct.aux_factor == 1
+        a_d, v_d = direct.read_aux(win)
+    both = v_up & v_d
+    assert both.mean() > 0.9
+    diff = np.abs(a_up[0] - a_d[0])[both]  # heights 12 to 95
+    # Equal (to float rounding) except next to the edges of the aux's coverage and nodata,
+    # where GDAL renormalises over the valid neighbours.
+    assert np.percentile(diff, 99) < 1e-3 and diff.max() < 0.2
+    assert (v_up & ~v_d).sum() <= 0.002 * v_up.size  # no leak from nodata
+    assert (a_up[0][v_up] > 1.0).all() and (a_up[0][~v_up] == 0).all()
+    # A window read on its own equals the same window cut from a bigger read.
+    np.testing.assert_array_equal(part_valid, v_up[37:101, 51:131])
+    np.testing.assert_allclose(part, a_up[:, 37:101, 51:131], atol=1e-3)
+
+
+def test_aux_at_scene_resolution_or_nearest_is_warped_directly(tmp_path):
+    scene = write_raster(tmp_path / "s.tif", scene_array(60, 60))
+    aux = write_raster(tmp_path / "d.tif", np.ones((60, 60), np.float32), res=1.5)
+    with SceneReader(scene, aux) as r:
+        assert r.aux_factor == 1  # 1.5× coarser: not a whole factor of 2 or more
+    coarse = write_raster(tmp_path / "c.tif", np.ones((20, 20), np.float32), res=4.0)
+    with SceneReader(scene, coarse) as r:
+        assert r.aux_factor == 4
+    with SceneReader(scene, coarse, aux_resampling=Resampling.nearest) as r:
+        assert r.aux_factor == 1

@@ -66,7 +66,7 @@ def _valid_of(x: Array, valid: Array | None, nodata: float | None) -> Array:
     if nodata is not None and math.isfinite(nodata):
         ok &= x != nodata
     if valid is not None:
-        v = np.asarray(valid).astype(bool)
+        v = np.asarray(valid).astype(bool, copy=False)
         ok &= v if v.ndim == x.ndim else v[None]
     return ok
 
@@ -74,7 +74,7 @@ def _valid_of(x: Array, valid: Array | None, nodata: float | None) -> Array:
 def _where(cond: Array, a: Array, b: float) -> Array:
     if _is_torch(a):
         return torch.where(cond, a, torch.as_tensor(b, dtype=a.dtype, device=a.device))
-    return np.where(cond, a, np.float32(b)).astype(np.float32)
+    return np.where(cond, a, np.float32(b)).astype(np.float32, copy=False)
 
 
 def _finish(x: Array, ok: Array) -> tuple[Array, Array]:
@@ -85,7 +85,7 @@ def _finish(x: Array, ok: Array) -> tuple[Array, Array]:
             torch.float32
         )
     ok = ok & np.isfinite(x)
-    return np.where(ok, x, 0).astype(np.float32), ok.astype(np.float32)
+    return np.where(ok, x, np.float32(0)).astype(np.float32, copy=False), ok.astype(np.float32)
 
 
 def _valid_values(x: Array, ok: Array) -> np.ndarray:
@@ -179,11 +179,15 @@ class OpticalNormalizer:
         mean = np.array(np.broadcast_to(np.asarray(self.mean, np.float32), (c,))).reshape(c, 1, 1)
         std = np.array(np.broadcast_to(np.asarray(self.std, np.float32), (c,))).reshape(c, 1, 1)
         if _is_torch(x):
-            out = (x / self.scale - torch.as_tensor(mean, device=x.device)) / torch.as_tensor(
-                std, device=x.device
-            )
+            gain = torch.as_tensor(1.0 / (self.scale * std), device=x.device)
+            out = x * gain - torch.as_tensor(mean / std, device=x.device)
             return torch.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
-        return np.nan_to_num((x / self.scale - mean) / std, nan=0.0, posinf=0.0, neginf=0.0)
+        # (x / scale - mean) / std as one multiply-add; non-finite results (NaN input) become 0.
+        out = x * (1.0 / (self.scale * std))
+        out -= mean / std
+        if not np.isfinite(out).all():
+            out[~np.isfinite(out)] = 0.0
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable description."""

@@ -85,6 +85,8 @@ class CheckpointNormalizer:
             max(1, round(aux.cell_m / self.pixel_size)) if mode == "ndsm" else None
         )
         self.stats: dict[str, Any] | None = None
+        # Every checkpoint normalisation is pixelwise once fitted (see predict_scene).
+        self.pixelwise = True
 
     def fit(self, stats: AuxStats) -> None:
         """Turn scene-wide :class:`AuxStats` into the statistics the aux normaliser applies."""

@@ -2,7 +2,9 @@
 
 The optical scene defines the output grid (CRS, transform, size). The aux raster (DSM or SAR) may
 have another CRS, resolution or extent: it is warped onto the scene's grid on the fly with a
-rasterio :class:`~rasterio.vrt.WarpedVRT`, so only the windows being predicted are ever read.
+rasterio :class:`~rasterio.vrt.WarpedVRT`, so only the windows being predicted are ever read. An
+aux raster at least twice as coarse as the scene is warped onto a coarser scene-aligned grid and
+upsampled bilinearly (much less warping work; see :class:`SceneReader`).
 
 Validity: a scene pixel is valid unless all its bands equal the scene's nodata value (or NaN), or
 the file's internal mask says so; an alpha band is *not* treated as a mask (a 4-band uint8 image
@@ -32,6 +34,9 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window as RioWindow
 
 from rsprompt.inference.windows import Window
+
+#: Largest upsampling factor of a coarse aux raster (see :class:`SceneReader`).
+MAX_AUX_FACTOR = 16
 
 
 class PredictError(ValueError):
@@ -120,6 +125,42 @@ def _valid_from_nodata(data: np.ndarray, nodata: float | None) -> np.ndarray:
     return ~invalid
 
 
+def _upsampling_factor(aux: rasterio.io.DatasetReader, scene: rasterio.io.DatasetReader) -> int:
+    """Whole number of scene pixels per aux pixel (1 if the aux is not at least 2× coarser)."""
+    from rasterio.warp import calculate_default_transform
+
+    try:
+        tr, _, _ = calculate_default_transform(
+            aux.crs, scene.crs, aux.width, aux.height, *aux.bounds
+        )
+    except Exception:
+        return 1
+    ratio = min(abs(tr.a) / abs(scene.transform.a), abs(tr.e) / abs(scene.transform.e))
+    return int(max(1, min(MAX_AUX_FACTOR, math.floor(ratio + 1e-6))))
+
+
+def _upsample_bilinear(
+    coarse: np.ndarray, cvalid: np.ndarray, f: int, rows: slice, cols: slice
+) -> tuple[np.ndarray, np.ndarray]:
+    """Upsample a coarse grid by ``f`` (pixel-centre aligned bilinear) and crop ``rows, cols``.
+
+    A fine pixel is valid when every coarse pixel it interpolates from (with non-zero weight)
+    is valid; its value is then the bilinear interpolation of valid values only.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    stacked = torch.from_numpy(np.concatenate([coarse, cvalid[None].astype(np.float32)]))
+    up = F.interpolate(stacked[None], scale_factor=f, mode="bilinear", align_corners=False)[0]
+    up = up[:, rows, cols]
+    # Bilinear weights of an integer upsampling are multiples of 1/(2f): any invalid neighbour
+    # with a non-zero weight pulls the validity below 1 - 1/(4f²) at most.
+    valid = (up[-1] > 1.0 - 0.5 / (4 * f * f)).numpy()
+    aux = up[:-1].numpy()
+    aux[:, ~valid] = 0.0
+    return np.ascontiguousarray(aux), valid
+
+
 def _cell_minima(values: np.ndarray, valid: np.ndarray, cell: int) -> np.ndarray:
     """Minimum over ``cell × cell`` blocks of an ``h×w`` array (NaN where no valid pixel)."""
     h, w = values.shape
@@ -140,6 +181,12 @@ class SceneReader:
         expected_bands: Number of optical bands the model takes (checked), or ``None``.
         aux_channels: Number of aux bands the model takes (checked when ``aux`` is given).
         aux_resampling: Resampling used to warp the aux raster.
+        upsample_coarse_aux: With bilinear resampling, warp an aux raster at least twice as
+            coarse as the scene onto a scene-aligned grid ``f`` times coarser (``f`` = whole
+            ratio of the pixel sizes, at most :data:`MAX_AUX_FACTOR`) and upsample that grid
+            bilinearly: ``1/f²`` of GDAL's warping work for the same surface where the aux is
+            smooth (a plane comes out exact); across height steps such as walls the transition
+            is up to one coarse pixel wider. ``False`` warps straight onto the scene's grid.
 
     Raises:
         PredictError: If a file is missing, corrupt or not georeferenced, a band count does not
@@ -155,12 +202,14 @@ class SceneReader:
         expected_bands: int | None = None,
         aux_channels: int | None = None,
         aux_resampling: Resampling = Resampling.bilinear,
+        upsample_coarse_aux: bool = True,
     ) -> None:
         self.scene_path = Path(scene)
         self.aux_path = Path(aux) if aux is not None else None
         self.src = _open(self.scene_path, "scene")
         self._aux_src: rasterio.io.DatasetReader | None = None
         self.vrt: WarpedVRT | None = None
+        self.aux_factor = 1
         try:
             _check_georeferenced(self.src, self.scene_path, "scene")
             _probe(self.src, self.scene_path, "scene")
@@ -172,7 +221,7 @@ class SceneReader:
                 if MaskFlags.per_dataset in flags and MaskFlags.alpha not in flags:
                     self._mask_band = self.bands[0]
             if self.aux_path is not None:
-                self._open_aux(aux_channels, aux_resampling)
+                self._open_aux(aux_channels, aux_resampling, upsample_coarse_aux)
             elif aux_channels:
                 pass  # the model runs with the aux missing everywhere
         except BaseException:
@@ -203,7 +252,9 @@ class SceneReader:
             )
         return chosen
 
-    def _open_aux(self, aux_channels: int | None, resampling: Resampling) -> None:
+    def _open_aux(
+        self, aux_channels: int | None, resampling: Resampling, upsample_coarse_aux: bool
+    ) -> None:
         assert self.aux_path is not None
         if aux_channels == 0:
             raise PredictError(
@@ -235,12 +286,19 @@ class SceneReader:
                 f"{tuple(round(v, 3) for v in ab)})"
             )
         src_nodata = src.nodata
+        # An aux raster f× coarser than the scene is warped onto a scene-aligned grid f× coarser
+        # (1/f² of GDAL's warping work) and upsampled bilinearly in read_aux.
+        bilinear = resampling == Resampling.bilinear
+        f = _upsampling_factor(src, self.src) if upsample_coarse_aux and bilinear else 1
+        self.aux_factor = f
+        pad = 1 if f > 1 else 0
         self.vrt = WarpedVRT(
             src,
             crs=self.src.crs,
-            transform=self.src.transform,
-            width=self.src.width,
-            height=self.src.height,
+            # One coarse cell of margin around the scene: its edge pixels interpolate too.
+            transform=self.src.transform @ Affine.scale(f) @ Affine.translation(-pad, -pad),
+            width=-(-self.src.width // f) + 2 * pad,
+            height=-(-self.src.height // f) + 2 * pad,
             resampling=resampling,
             src_nodata=src_nodata,
             nodata=src_nodata if src_nodata is not None else -3.4e38,
@@ -292,12 +350,29 @@ class SceneReader:
     def read_aux(self, win: Window) -> tuple[np.ndarray, np.ndarray]:
         """Warped aux window as float32 ``A×h×w`` (0 where invalid) plus its validity."""
         assert self.vrt is not None
-        rw = RioWindow(win.col, win.row, win.width, win.height)
+        f = self.aux_factor
+        if f == 1:
+            return self._read_warped(RioWindow(win.col, win.row, win.width, win.height))
+        # Coarse-grid rows/columns around the window (one cell of margin for interpolation).
+        # Coarse cell c covers scene pixels [(c - 1)·f, c·f) (one cell of margin, see
+        # _open_aux); read the cells under the window plus one on each side.
+        g_r0, g_c0 = win.row // f, win.col // f
+        g_r1 = min(self.vrt.height, -(-win.row_end // f) + 2)
+        g_c1 = min(self.vrt.width, -(-win.col_end // f) + 2)
+        coarse, cvalid = self._read_warped(RioWindow(g_c0, g_r0, g_c1 - g_c0, g_r1 - g_r0))
+        r0, c0 = win.row - (g_r0 - 1) * f, win.col - (g_c0 - 1) * f
+        rs, cs = slice(r0, r0 + win.height), slice(c0, c0 + win.width)
+        return _upsample_bilinear(coarse, cvalid, f, rs, cs)
+
+    def _read_warped(self, rw: RioWindow) -> tuple[np.ndarray, np.ndarray]:
+        """A window of the warped aux grid (0 where invalid) plus its validity."""
+        assert self.vrt is not None
         aux = self.vrt.read(window=rw)
-        valid = np.isfinite(aux).all(axis=0)
+        invalid = ~np.isfinite(aux)
         if self._aux_nodata is not None:
-            valid &= ~(aux == np.float32(self._aux_nodata)).any(axis=0)
-        aux = np.where(valid[None], aux, np.float32(0.0)).astype(np.float32, copy=False)
+            invalid |= aux == np.float32(self._aux_nodata)
+        valid = ~invalid.any(axis=0)
+        aux[:, ~valid] = 0.0
         return aux, valid
 
     def row_reader(self) -> RowStripReader:

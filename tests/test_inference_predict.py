@@ -904,3 +904,61 @@ def test_aux_at_scene_resolution_or_nearest_is_warped_directly(tmp_path):
         assert r.aux_factor == 4
     with SceneReader(scene, coarse, aux_resampling=Resampling.nearest) as r:
         assert r.aux_factor == 1
+
+
+def test_aux_on_the_scene_grid_is_read_without_warping(tmp_path):
+    """Same CRS and pixel size, origin whole pixels away: read as is, placed by the offset."""
+    from rsprompt.inference.windows import Window
+
+    scene = write_raster(tmp_path / "s.tif", scene_array(80, 100))
+    rng = np.random.default_rng(3)
+    same = rng.normal(50, 10, (80, 100)).astype(np.float32)
+    same[5, 7] = -1.0
+    aux = write_raster(tmp_path / "d.tif", same, nodata=-1.0)
+    with SceneReader(scene, aux) as r:
+        assert r._aligned == (0, 0)
+        a, v = r.read_aux(Window(0, 0, 80, 100))
+    np.testing.assert_array_equal(a[0][v], same[v])
+    assert not v[5, 7] and v.sum() == 80 * 100 - 1 and a[0, 5, 7] == 0
+    # Smaller aux starting 10 px right and 6 px down of the scene's origin.
+    part = rng.normal(50, 10, (40, 50)).astype(np.float32)
+    shifted = write_raster(
+        tmp_path / "p.tif", part, origin=(ORIGIN[0] + 10.0, ORIGIN[1] - 6.0), nodata=-1.0
+    )
+    with SceneReader(scene, shifted) as r:
+        assert r._aligned == (-6, -10)
+        a, v = r.read_aux(Window(0, 0, 80, 100))
+        a2, v2 = r.read_aux(Window(30, 40, 30, 40))  # crosses the aux's bottom-right corner
+    assert v.sum() == 40 * 50 and v[6:46, 10:60].all()
+    np.testing.assert_array_equal(a[0, 6:46, 10:60], part)
+    np.testing.assert_array_equal(v2, v[30:60, 40:80])
+    np.testing.assert_array_equal(a2, a[:, 30:60, 40:80])
+    # Half a pixel off the grid: warped (bilinear) instead.
+    half = write_raster(tmp_path / "h.tif", same, origin=(ORIGIN[0] + 0.5, ORIGIN[1]))
+    with SceneReader(scene, half) as r:
+        assert r._aligned is None
+
+
+def test_aux_on_the_scene_grid_honours_an_internal_mask(tmp_path):
+    from rsprompt.inference.windows import Window
+
+    scene = write_raster(tmp_path / "s.tif", scene_array(32, 32))
+    path = tmp_path / "m.tif"
+    profile = {
+        "driver": "GTiff",
+        "height": 32,
+        "width": 32,
+        "count": 1,
+        "dtype": "float32",
+        "crs": CRS,
+        "transform": from_origin(*ORIGIN, 1.0, 1.0),
+    }
+    mask = np.full((32, 32), 255, np.uint8)
+    mask[:, :8] = 0
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "w", **profile) as dst:
+        dst.write(np.full((1, 32, 32), 7.0, np.float32))
+        dst.write_mask(mask)
+    with SceneReader(scene, path) as r:
+        assert r._aligned == (0, 0)
+        a, v = r.read_aux(Window(0, 0, 32, 32))
+    assert not v[:, :8].any() and v[:, 8:].all() and (a[0, :, 8:] == 7).all()

@@ -139,6 +139,26 @@ def _upsampling_factor(aux: rasterio.io.DatasetReader, scene: rasterio.io.Datase
     return int(max(1, min(MAX_AUX_FACTOR, math.floor(ratio + 1e-6))))
 
 
+def _grid_offset(
+    aux: rasterio.io.DatasetReader, scene: rasterio.io.DatasetReader
+) -> tuple[int, int] | None:
+    """``(rows, cols)`` from the scene's grid to the aux's if both share one pixel grid, else None.
+
+    Same CRS, same pixel size and an origin a whole number of pixels away (to 1/1000 pixel).
+    """
+    if aux.crs != scene.crs:
+        return None
+    a, s = aux.transform, scene.transform
+    if not (math.isclose(a.a, s.a, rel_tol=1e-9) and math.isclose(a.e, s.e, rel_tol=1e-9)):
+        return None
+    if a.b != 0 or a.d != 0:
+        return None
+    d_col, d_row = (s.c - a.c) / a.a, (s.f - a.f) / a.e
+    if abs(d_col - round(d_col)) > 1e-3 or abs(d_row - round(d_row)) > 1e-3:
+        return None
+    return round(d_row), round(d_col)
+
+
 def _upsample_bilinear(
     coarse: np.ndarray, cvalid: np.ndarray, f: int, rows: slice, cols: slice
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -210,6 +230,9 @@ class SceneReader:
         self._aux_src: rasterio.io.DatasetReader | None = None
         self.vrt: WarpedVRT | None = None
         self.aux_factor = 1
+        self._aligned: tuple[int, int] | None = None
+        self._src_nodata: float | None = None
+        self._aux_mask = False
         try:
             _check_georeferenced(self.src, self.scene_path, "scene")
             _probe(self.src, self.scene_path, "scene")
@@ -306,6 +329,12 @@ class SceneReader:
             add_alpha=False,
         )
         self._aux_nodata = self.vrt.nodata
+        # An aux raster on the scene's pixel grid (same CRS and pixel size, origin a whole number
+        # of pixels away) is read as it is: no warping at all.
+        self._aligned = _grid_offset(src, self.src)
+        self._src_nodata = src_nodata
+        flags = src.mask_flag_enums[0]
+        self._aux_mask = MaskFlags.per_dataset in flags and MaskFlags.alpha not in flags
 
     # ------------------------------------------------------------------ properties
     @property
@@ -350,10 +379,11 @@ class SceneReader:
     def read_aux(self, win: Window) -> tuple[np.ndarray, np.ndarray]:
         """Warped aux window as float32 ``A×h×w`` (0 where invalid) plus its validity."""
         assert self.vrt is not None
+        if self._aligned is not None:
+            return self._read_aligned(win, *self._aligned)
         f = self.aux_factor
         if f == 1:
             return self._read_warped(RioWindow(win.col, win.row, win.width, win.height))
-        # Coarse-grid rows/columns around the window (one cell of margin for interpolation).
         # Coarse cell c covers scene pixels [(c - 1)·f, c·f) (one cell of margin, see
         # _open_aux); read the cells under the window plus one on each side.
         g_r0, g_c0 = win.row // f, win.col // f
@@ -363,6 +393,30 @@ class SceneReader:
         r0, c0 = win.row - (g_r0 - 1) * f, win.col - (g_c0 - 1) * f
         rs, cs = slice(r0, r0 + win.height), slice(c0, c0 + win.width)
         return _upsample_bilinear(coarse, cvalid, f, rs, cs)
+
+    def _read_aligned(self, win: Window, d_row: int, d_col: int) -> tuple[np.ndarray, np.ndarray]:
+        """``read_aux`` for an aux raster on the scene's grid (row/col offset ``d_row, d_col``)."""
+        src = self._aux_src
+        assert src is not None
+        aux = np.zeros((src.count, win.height, win.width), np.float32)
+        valid = np.zeros((win.height, win.width), bool)
+        r0, c0 = max(win.row + d_row, 0), max(win.col + d_col, 0)
+        r1, c1 = min(win.row_end + d_row, src.height), min(win.col_end + d_col, src.width)
+        if r1 <= r0 or c1 <= c0:
+            return aux, valid
+        data = src.read(window=RioWindow(c0, r0, c1 - c0, r1 - r0)).astype(np.float32, copy=False)
+        ok = np.isfinite(data).all(axis=0)
+        nodata = self._src_nodata
+        if nodata is not None and not math.isnan(nodata):
+            ok &= ~(data == np.float32(nodata)).any(axis=0)
+        elif self._aux_mask:
+            ok &= src.read_masks(1, window=RioWindow(c0, r0, c1 - c0, r1 - r0)) > 0
+        data[:, ~ok] = 0.0
+        rs = slice(r0 - d_row - win.row, r1 - d_row - win.row)
+        cs = slice(c0 - d_col - win.col, c1 - d_col - win.col)
+        aux[:, rs, cs] = data
+        valid[rs, cs] = ok
+        return aux, valid
 
     def _read_warped(self, rw: RioWindow) -> tuple[np.ndarray, np.ndarray]:
         """A window of the warped aux grid (0 where invalid) plus its validity."""

@@ -266,7 +266,10 @@ def write_scene(
     paths["label"] = out / "labels.tif"
     if aux_nodata_border < 0:
         raise ValueError(f"aux nodata border must be >= 0, got {aux_nodata_border}")
-    same_grid = aux_crs is None and aux_resolution is None and aux_coverage == 1.0
+    same_crs = aux_crs is None or (
+        scene.crs is not None and CRS.from_user_input(aux_crs) == CRS.from_user_input(scene.crs)
+    )
+    same_grid = same_crs and aux_resolution is None and aux_coverage == 1.0
     grid = None if same_grid else aux_grid(scene, aux_crs, aux_resolution, aux_coverage)
     check_writable(paths.values(), overwrite)
 

@@ -1,7 +1,7 @@
 """Benchmark `rsprompt predict` against the compute floor and a TorchGeo window-by-window loop.
 
 On generated scenes (optical + DSM in another CRS and resolution, nodata border, partial
-coverage) it measures, each in a fresh subprocess (so peak RSS is per run):
+coverage; or with ``--dsm-grid same`` the DSM on the scene's grid) it measures, each in a fresh subprocess (so peak RSS is per run):
 
 - ours: :func:`rsprompt.inference.predict_scene` end to end (scene-wide DSM statistics pre-pass,
   WarpedVRT reading, blending, COG + sidecars);
@@ -16,6 +16,7 @@ sizes (the second one twice as tall) to show memory does not grow with the scene
 
 Usage:
     python scripts/bench_predict.py [--size 2048] [--window 512] [--overlap 64] [--batch-size 4]
+        [--dsm-grid other|same] [--repeat 2]
 """
 
 from __future__ import annotations
@@ -325,13 +326,20 @@ def worker(args: argparse.Namespace) -> None:
 
 
 # ----------------------------------------------------------------------------- driver
-def make_scene(dirpath: Path, height: int, width: int) -> Path:
-    """Generate (once) a scene with its DSM in EPSG:32632 at 0.25 m, 80% coverage, nodata border."""
+def make_scene(dirpath: Path, height: int, width: int, dsm_grid: str = "other") -> Path:
+    """Generate (once) a scene and its DSM.
+
+    ``dsm_grid="other"``: the DSM in EPSG:32632 at 0.25 m (scene: EPSG:32633, 0.1 m), 80%
+    coverage, nodata border. ``"same"``: the DSM on the scene's grid (as ISPRS delivers it).
+    """
     if (dirpath / "scene.tif").exists() and (dirpath / "dsm.tif").exists():
         return dirpath
     from rsprompt.data.synthetic import generate_scene, write_scene
 
     sc = generate_scene("isprs", size=(height, width), seed=0, resolution=0.1)
+    if dsm_grid == "same":
+        write_scene(sc, dirpath, aux_nodata_border=4, overwrite=True)
+        return dirpath
     write_scene(
         sc,
         dirpath,
@@ -391,6 +399,12 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--repeat", type=int, default=2, help="runs per measurement (best is kept)")
     p.add_argument("--work", default="/tmp/rsprompt_bench_predict", help="scene cache folder")
+    p.add_argument(
+        "--dsm-grid",
+        choices=["other", "same"],
+        default="other",
+        help="DSM in another CRS and resolution (default) or on the scene's grid",
+    )
     p.add_argument("--worker", choices=["ours", "floor", "baseline"], help=argparse.SUPPRESS)
     p.add_argument("--scene", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
@@ -399,11 +413,15 @@ def main() -> None:
         worker(args)
         return
     work = Path(args.work)
-    s1 = make_scene(work / f"s{args.size}x{args.size}", args.size, args.size)
-    s2 = make_scene(work / f"s{2 * args.size}x{args.size}", 2 * args.size, args.size)
+    tag = "" if args.dsm_grid == "other" else "_same"
+    s1 = make_scene(work / f"s{args.size}x{args.size}{tag}", args.size, args.size, args.dsm_grid)
+    s2 = make_scene(
+        work / f"s{2 * args.size}x{args.size}{tag}", 2 * args.size, args.size, args.dsm_grid
+    )
     print(
         f"model: {MODEL}; window {args.window}, overlap {args.overlap}, batch "
-        f"{args.batch_size}, torch threads {os.cpu_count()} cores, OMP_WAIT_POLICY=PASSIVE, "
+        f"{args.batch_size}, DSM grid: {args.dsm_grid}, "
+        f"torch threads {os.cpu_count()} cores, OMP_WAIT_POLICY=PASSIVE, "
         f"GDAL_CACHEMAX=32, THP_MEM_ALLOC_ENABLE=1, MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD}"
     )
     rows = {k: measure(k, s1, args) for k in ("floor", "ours", "baseline")}

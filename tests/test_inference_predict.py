@@ -962,3 +962,21 @@ def test_aux_on_the_scene_grid_honours_an_internal_mask(tmp_path):
         assert r._aligned == (0, 0)
         a, v = r.read_aux(Window(0, 0, 32, 32))
     assert not v[:, :8].any() and v[:, 8:].all() and (a[0, :, 8:] == 7).all()
+
+
+def test_running_aux_statistics_match_numpy_over_chunks():
+    """Streamed per-band statistics equal numpy's on the whole array, even with std ≪ mean."""
+    from rsprompt.inference.reader import _RunningStats
+
+    rng = np.random.default_rng(0)
+    offsets = np.array([[3000.0], [-20.0]])
+    data = (rng.normal(0, 0.05, (2, 100_000)) + offsets).astype(np.float32)
+    stats = _RunningStats(2)
+    for chunk in np.array_split(data, [0, 7, 40_000, 40_001, 99_000], axis=1):
+        stats.add(chunk)  # includes empty and one-value chunks
+    out = stats.result()
+    ref = data.astype(np.float64)
+    assert out.count == 100_000
+    np.testing.assert_allclose(out.mean, ref.mean(axis=1), rtol=1e-9)
+    np.testing.assert_allclose(out.std, ref.std(axis=1), rtol=1e-4)
+    assert out.min == ref.min(axis=1).tolist() and out.max == ref.max(axis=1).tolist()

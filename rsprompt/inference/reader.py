@@ -181,6 +181,49 @@ def _upsample_bilinear(
     return np.ascontiguousarray(aux), valid
 
 
+class _RunningStats:
+    """Per-band min, max, mean and standard deviation, streamed over chunks of float32 values.
+
+    Chunks are combined with Chan et al.'s pairwise update of the centred sums of squares, so no
+    float64 copy of the data is made and the variance does not cancel out when std ≪ mean.
+    """
+
+    def __init__(self, bands: int) -> None:
+        self.min = np.full(bands, np.inf)
+        self.max = np.full(bands, -np.inf)
+        self.mean = np.zeros(bands)
+        self.m2 = np.zeros(bands)
+        self.count = 0
+
+    def add(self, values: np.ndarray) -> None:
+        """Add ``bands × n`` values."""
+        n = values.shape[1]
+        if n == 0:
+            return
+        self.min = np.minimum(self.min, values.min(axis=1))
+        self.max = np.maximum(self.max, values.max(axis=1))
+        mean = values.mean(axis=1, dtype=np.float64)
+        centred = values - mean.astype(np.float32)[:, None]
+        m2 = np.einsum("bn,bn->b", centred, centred, dtype=np.float64)
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + m2 + delta * delta * (self.count * n / total)
+        self.count = total
+
+    def result(self, **extra: object) -> AuxStats:
+        """The statistics as :class:`AuxStats` (``extra``: further fields)."""
+        std = np.sqrt(np.maximum(self.m2 / max(self.count, 1), 0.0))
+        return AuxStats(
+            min=self.min.tolist(),
+            max=self.max.tolist(),
+            mean=self.mean.tolist(),
+            std=std.tolist(),
+            count=self.count,
+            **extra,  # type: ignore[arg-type]
+        )
+
+
 def _cell_minima(values: np.ndarray, valid: np.ndarray, cell: int) -> np.ndarray:
     """Minimum over ``cell × cell`` blocks of an ``h×w`` array (NaN where no valid pixel)."""
     h, w = values.shape
@@ -451,12 +494,7 @@ class SceneReader:
         assert self.vrt is not None
         if not ground_cell and self.nodata is None and self._mask_band is None:
             return self._aux_statistics_source()
-        n_b = self.vrt.count
-        mins = np.full(n_b, np.inf)
-        maxs = np.full(n_b, -np.inf)
-        sums = np.zeros(n_b)
-        sq = np.zeros(n_b)
-        count = 0
+        stats = _RunningStats(self.vrt.count)
         minima: list[np.ndarray] = []
         if ground_cell:
             block_rows = max(1, -(-block_rows // ground_cell)) * ground_cell
@@ -468,27 +506,12 @@ class SceneReader:
             valid &= svalid
             if ground_cell:
                 minima.append(_cell_minima(aux[0], valid, ground_cell))
-            n = int(valid.sum())
-            if n == 0:
-                continue
-            vals = aux[:, valid].astype(np.float64)
-            mins = np.minimum(mins, vals.min(axis=1))
-            maxs = np.maximum(maxs, vals.max(axis=1))
-            sums += vals.sum(axis=1)
-            sq += (vals * vals).sum(axis=1)
-            count += n
-        if count == 0:
+            stats.add(aux[:, valid])
+        if stats.count == 0:
             raise PredictError(
                 f"aux raster {self.aux_path} has no valid pixel inside scene {self.scene_path}"
             )
-        mean = sums / count
-        std = np.sqrt(np.maximum(sq / count - mean * mean, 0.0))
-        return AuxStats(
-            min=mins.tolist(),
-            max=maxs.tolist(),
-            mean=mean.tolist(),
-            std=std.tolist(),
-            count=count,
+        return stats.result(
             cell=ground_cell or None,
             cell_min=np.concatenate(minima, axis=0) if minima else None,
         )
@@ -517,43 +540,32 @@ class SceneReader:
             raise PredictError(
                 f"aux raster {self.aux_path} has no valid pixel inside scene {self.scene_path}"
             ) from None
-        n_b = src.count
-        mins, maxs = np.full(n_b, np.inf), np.full(n_b, -np.inf)
-        sums, sq = np.zeros(n_b), np.zeros(n_b)
-        count = 0
+        stats = _RunningStats(src.count)
         nodata = src.nodata
+        # In the scene's CRS the footprint is the window itself (edge pixels count, as with
+        # all_touched): no polygon mask needed.
+        needs_mask = src.crs != self.src.crs
         for r in range(int(win.row_off), int(win.row_off + win.height), block_rows):
             h = min(block_rows, int(win.row_off + win.height) - r)
             strip = RioWindow(int(win.col_off), r, int(win.width), h)
-            data = src.read(window=strip).astype(np.float64)
+            data = src.read(window=strip).astype(np.float32, copy=False)
             valid = np.isfinite(data).all(axis=0)
             if nodata is not None and not np.isnan(nodata):
-                valid &= ~(data == nodata).any(axis=0)
-            valid &= geometry_mask(
-                [mapping(geom)],
-                out_shape=(h, int(win.width)),
-                transform=src.window_transform(strip),
-                invert=True,
-                all_touched=True,
-            )
-            n = int(valid.sum())
-            if n == 0:
-                continue
-            vals = data[:, valid]
-            mins = np.minimum(mins, vals.min(axis=1))
-            maxs = np.maximum(maxs, vals.max(axis=1))
-            sums += vals.sum(axis=1)
-            sq += (vals * vals).sum(axis=1)
-            count += n
-        if count == 0:
+                valid &= ~(data == np.float32(nodata)).any(axis=0)
+            if needs_mask:
+                valid &= geometry_mask(
+                    [mapping(geom)],
+                    out_shape=(h, int(win.width)),
+                    transform=src.window_transform(strip),
+                    invert=True,
+                    all_touched=True,
+                )
+            stats.add(data[:, valid])
+        if stats.count == 0:
             raise PredictError(
                 f"aux raster {self.aux_path} has no valid pixel inside scene {self.scene_path}"
             )
-        mean = sums / count
-        std = np.sqrt(np.maximum(sq / count - mean * mean, 0.0))
-        return AuxStats(
-            min=mins.tolist(), max=maxs.tolist(), mean=mean.tolist(), std=std.tolist(), count=count
-        )
+        return stats.result()
 
     def close(self) -> None:
         """Close the files."""

@@ -980,3 +980,98 @@ def test_running_aux_statistics_match_numpy_over_chunks():
     np.testing.assert_allclose(out.mean, ref.mean(axis=1), rtol=1e-9)
     np.testing.assert_allclose(out.std, ref.std(axis=1), rtol=1e-4)
     assert out.min == ref.min(axis=1).tolist() and out.max == ref.max(axis=1).tolist()
+
+
+@pytest.mark.parametrize("failing", ["read", "compute", "blend"])
+def test_overlapped_pipeline_raises_the_first_error_and_never_hangs(failing):
+    """An error in any stage stops all three threads and is raised, even with full queues."""
+    import threading
+    import time
+
+    from rsprompt.inference.predictor import _run_overlapped
+
+    def read_batches():
+        for i in range(100):
+            if failing == "read" and i == 5:
+                raise RuntimeError("read failed")
+            yield i
+
+    def compute(i):
+        if failing == "compute" and i == 5:
+            raise RuntimeError("compute failed")
+        return i
+
+    def blend(i):
+        time.sleep(0.05)  # slower than the other stages: the queues fill up first
+        if failing == "blend" and i == 3:
+            raise RuntimeError("blend failed")
+
+    outcome = {}
+
+    def run():
+        try:
+            _run_overlapped(read_batches, compute, blend, 2)
+            outcome["error"] = None
+        except RuntimeError as exc:
+            outcome["error"] = str(exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(20)
+    assert not t.is_alive(), "the pipeline hung"
+    assert outcome["error"] == f"{failing} failed"
+    assert not [th for th in threading.enumerate() if th.name.startswith("rsprompt-")]
+
+
+@pytest.mark.parametrize(("side", "f"), [(256, 16), (61, 3)])
+def test_coarse_aux_covering_the_scene_leaves_no_pixel_without_aux(tmp_path, side, f):
+    """A DSM with exactly the scene's footprint, f× coarser: every pixel gets a height."""
+    from rsprompt.inference.windows import Window
+
+    scene = write_raster(tmp_path / "s.tif", scene_array(side, side))
+    cells = -(-side // f)
+    dsm = np.random.default_rng(0).normal(30, 5, (cells, cells)).astype(np.float32)
+    aux = write_raster(tmp_path / "d.tif", dsm, res=float(f))
+    with SceneReader(scene, aux) as r:
+        assert r.aux_factor == f
+        a, v = r.read_aux(Window(0, 0, side, side))
+    assert v.all()
+    assert dsm.min() - 1e-3 <= a.min() and a.max() <= dsm.max() + 1e-3  # no leak from outside
+    out = tmp_path / "o.tif"
+    predict_scene(
+        scene,
+        AuxFootprint(),
+        out,
+        aux=aux,
+        aux_channels=1,
+        window=min(128, side),
+        overlap=16,
+        classes=ClassTable(("no aux", "aux"), ((0, 0, 0), (255, 0, 0))),
+        progress=False,
+    )
+    assert (read(out)[0] == 1).all()
+
+
+@pytest.mark.parametrize("ratio", [4.0, 4.12, 2.2, 1.0, 1.03])
+@pytest.mark.parametrize("upsample", [True, False])
+def test_aux_window_reads_equal_the_same_pixels_of_a_whole_read(tmp_path, ratio, upsample):
+    """Heights do not depend on the window they are read in (GDAL's kernel scale pinned)."""
+    from rsprompt.inference.windows import Window
+
+    scene = write_raster(tmp_path / "s.tif", scene_array(97, 83))
+    dsm = np.random.default_rng(1).normal(100, 20, (1, 110, 100)).astype(np.float32)
+    aux = write_raster(
+        tmp_path / "d.tif",
+        dsm,
+        res=ratio,
+        origin=(ORIGIN[0] - 7.3, ORIGIN[1] + 5.1),
+        nodata=-9999.0,
+    )
+    with SceneReader(scene, aux, upsample_coarse_aux=upsample) as r:
+        full, full_valid = r.read_aux(Window(0, 0, 97, 83))
+        assert full_valid.mean() > 0.95
+        for win in window_grid(97, 83, 32, 8):
+            a, v = r.read_aux(win)
+            rs, cs = slice(win.row, win.row_end), slice(win.col, win.col_end)
+            np.testing.assert_array_equal(v, full_valid[rs, cs])
+            np.testing.assert_allclose(a, full[:, rs, cs], atol=1e-3)

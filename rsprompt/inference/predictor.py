@@ -135,11 +135,12 @@ def _get(q: queue.Queue, stop: threading.Event) -> Any:
 
 
 class _Worker(threading.Thread):
-    """A daemon thread that records its exception for the main thread."""
+    """A daemon thread that records its exception and then sets ``stop`` for the others."""
 
-    def __init__(self, target: Callable[[], None], name: str) -> None:
+    def __init__(self, target: Callable[[], None], name: str, stop: threading.Event) -> None:
         super().__init__(name=name, daemon=True)
         self._fn = target
+        self._stop_all = stop
         self.error: BaseException | None = None
 
     def run(self) -> None:
@@ -149,6 +150,7 @@ class _Worker(threading.Thread):
             pass
         except BaseException as exc:
             self.error = exc
+            self._stop_all.set()  # nobody may wait for this thread any more
 
 
 class StripAccumulator:
@@ -241,33 +243,31 @@ def _run_overlapped(
         while (item := _get(q_out, stop)) is not None:
             blend(item)
 
-    reader_t = _Worker(read_loop, "rsprompt-reader")
-    writer_t = _Worker(write_loop, "rsprompt-writer")
+    reader_t = _Worker(read_loop, "rsprompt-reader", stop)
+    writer_t = _Worker(write_loop, "rsprompt-writer", stop)
     reader_t.start()
     writer_t.start()
     try:
         while True:
-            for t in (reader_t, writer_t):
-                if t.error is not None:
-                    raise t.error
             try:
-                item = q_in.get(timeout=0.1)
-            except queue.Empty:
-                continue
+                item = _get(q_in, stop)
+            except _Stop:
+                break  # a worker failed: its error is raised below
             if item is None:
+                _put(q_out, None, stop)
+                while writer_t.is_alive() and not stop.is_set():
+                    writer_t.join(timeout=0.1)
                 break
             _put(q_out, compute(item), stop)
-        _put(q_out, None, stop)
-        while writer_t.is_alive():
-            writer_t.join(timeout=0.1)
-            if writer_t.error is not None:
-                raise writer_t.error
-        if writer_t.error is not None:
-            raise writer_t.error
+    except _Stop:
+        pass  # a worker failed while the forward pass waited on it: raised below
     finally:
         stop.set()
         reader_t.join()
         writer_t.join()
+    for t in (reader_t, writer_t):
+        if t.error is not None:
+            raise t.error
 
 
 def _forward(

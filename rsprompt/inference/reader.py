@@ -125,8 +125,8 @@ def _valid_from_nodata(data: np.ndarray, nodata: float | None) -> np.ndarray:
     return ~invalid
 
 
-def _upsampling_factor(aux: rasterio.io.DatasetReader, scene: rasterio.io.DatasetReader) -> int:
-    """Whole number of scene pixels per aux pixel (1 if the aux is not at least 2× coarser)."""
+def _resolution_ratio(aux: rasterio.io.DatasetReader, scene: rasterio.io.DatasetReader) -> float:
+    """Aux pixel size over scene pixel size (in the scene's CRS; 0 if it cannot be worked out)."""
     from rasterio.warp import calculate_default_transform
 
     try:
@@ -134,8 +134,12 @@ def _upsampling_factor(aux: rasterio.io.DatasetReader, scene: rasterio.io.Datase
             aux.crs, scene.crs, aux.width, aux.height, *aux.bounds
         )
     except Exception:
-        return 1
-    ratio = min(abs(tr.a) / abs(scene.transform.a), abs(tr.e) / abs(scene.transform.e))
+        return 0.0
+    return min(abs(tr.a) / abs(scene.transform.a), abs(tr.e) / abs(scene.transform.e))
+
+
+def _upsampling_factor(ratio: float) -> int:
+    """Whole number of scene pixels per aux pixel (1 if the aux is not at least 2× coarser)."""
     return int(max(1, min(MAX_AUX_FACTOR, math.floor(ratio + 1e-6))))
 
 
@@ -164,21 +168,24 @@ def _upsample_bilinear(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Upsample a coarse grid by ``f`` (pixel-centre aligned bilinear) and crop ``rows, cols``.
 
-    A fine pixel is valid when every coarse pixel it interpolates from (with non-zero weight)
-    is valid; its value is then the bilinear interpolation of valid values only.
+    Invalid coarse pixels carry no weight: a fine pixel is valid when the coarse pixel it lies
+    in is (a nearest-neighbour footprint), and its value is the bilinear interpolation
+    renormalised over the valid coarse pixels around it (as GDAL's warper does next to nodata).
+    Values of invalid coarse pixels never leak in.
     """
     import torch
     import torch.nn.functional as F
 
-    stacked = torch.from_numpy(np.concatenate([coarse, cvalid[None].astype(np.float32)]))
+    weight = cvalid[None].astype(np.float32)
+    stacked = torch.from_numpy(np.concatenate([coarse * weight, weight]))
     up = F.interpolate(stacked[None], scale_factor=f, mode="bilinear", align_corners=False)[0]
     up = up[:, rows, cols]
-    # Bilinear weights of an integer upsampling are multiples of 1/(2f): any invalid neighbour
-    # with a non-zero weight pulls the validity below 1 - 1/(4f²) at most.
-    valid = (up[-1] > 1.0 - 0.5 / (4 * f * f)).numpy()
-    aux = up[:-1].numpy()
+    w = up[-1].numpy()
+    valid = np.repeat(np.repeat(cvalid, f, axis=0), f, axis=1)[rows, cols]
+    aux = np.ascontiguousarray(up[:-1].numpy())
+    np.divide(aux, w[None], out=aux, where=valid[None])
     aux[:, ~valid] = 0.0
-    return np.ascontiguousarray(aux), valid
+    return aux, valid
 
 
 class _RunningStats:
@@ -355,9 +362,14 @@ class SceneReader:
         # An aux raster f× coarser than the scene is warped onto a scene-aligned grid f× coarser
         # (1/f² of GDAL's warping work) and upsampled bilinearly in read_aux.
         bilinear = resampling == Resampling.bilinear
-        f = _upsampling_factor(src, self.src) if upsample_coarse_aux and bilinear else 1
+        ratio = _resolution_ratio(src, self.src)
+        f = _upsampling_factor(ratio) if upsample_coarse_aux and bilinear else 1
         self.aux_factor = f
         pad = 1 if f > 1 else 0
+        # Not coarser than the aux: a plain interpolation kernel. Left to itself GDAL derives the
+        # kernel's scale per read from the window sizes and may widen it a little for a ~1:1
+        # warp, so that the same pixel came out differently from different windows.
+        scale_opts = {"XSCALE": 1, "YSCALE": 1} if ratio >= f - 1e-6 and ratio > 0 else {}
         self.vrt = WarpedVRT(
             src,
             crs=self.src.crs,
@@ -370,6 +382,7 @@ class SceneReader:
             nodata=src_nodata if src_nodata is not None else -3.4e38,
             dtype="float32",
             add_alpha=False,
+            **scale_opts,
         )
         self._aux_nodata = self.vrt.nodata
         # An aux raster on the scene's pixel grid (same CRS and pixel size, origin a whole number
@@ -452,7 +465,7 @@ class SceneReader:
         nodata = self._src_nodata
         if nodata is not None and not math.isnan(nodata):
             ok &= ~(data == np.float32(nodata)).any(axis=0)
-        elif self._aux_mask:
+        if self._aux_mask:
             ok &= src.read_masks(1, window=RioWindow(c0, r0, c1 - c0, r1 - r0)) > 0
         data[:, ~ok] = 0.0
         rs = slice(r0 - d_row - win.row, r1 - d_row - win.row)

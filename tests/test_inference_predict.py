@@ -779,6 +779,30 @@ def _dsm_scene(tmp_path, h=200, w=260):
     return scene, write_raster(tmp_path / "d.tif", dsm, nodata=-9999.0)
 
 
+def _dsm_scene_maps(tmp_path, scene, aux, stem, **kw):
+    """Predict ``scene`` + ``aux`` with a Pixelwise model (window 64, overlap 16).
+
+    Returns:
+        ``(summary, class map, probabilities)``.
+    """
+    out, probs = tmp_path / f"{stem}.tif", tmp_path / f"{stem}_p.tif"
+    s = predict_scene(
+        scene,
+        Pixelwise(),
+        out,
+        aux=aux,
+        aux_channels=1,
+        classes=ISPRS_CLASSES,
+        window=64,
+        overlap=16,
+        probabilities=probs,
+        progress=False,
+        **kw,
+    )
+    with rasterio.open(probs) as ds:
+        return s, read(out)[0], ds.read()
+
+
 def test_pixelwise_normaliser_runs_once_per_window_row_with_the_same_result(tmp_path):
     """A pixelwise normaliser is applied per row strip; the maps equal per-window normalisation."""
     scene, aux = _dsm_scene(tmp_path)
@@ -801,22 +825,9 @@ def test_pixelwise_normaliser_runs_once_per_window_row_with_the_same_result(tmp_
 
     outs = {}
     for key, pixelwise in (("strip", True), ("window", False)):
-        out, probs = tmp_path / f"{key}.tif", tmp_path / f"{key}_p.tif"
-        s = predict_scene(
-            scene,
-            Pixelwise(),
-            out,
-            aux=aux,
-            aux_channels=1,
-            normalize=Counting(pixelwise, key),
-            classes=ISPRS_CLASSES,
-            window=64,
-            overlap=16,
-            probabilities=probs,
-            progress=False,
+        s, *outs[key] = _dsm_scene_maps(
+            tmp_path, scene, aux, key, normalize=Counting(pixelwise, key)
         )
-        with rasterio.open(probs) as ds:
-            outs[key] = (read(out)[0], ds.read())
     rows = len({w.row for w in window_grid(200, 260, 64, 16)})
     assert calls == {"strip": rows, "window": s.windows}
     np.testing.assert_array_equal(outs["strip"][0], outs["window"][0])
@@ -828,24 +839,16 @@ def test_inline_pipeline_equals_overlapped(tmp_path):
     scene, aux = _dsm_scene(tmp_path)
     maps = []
     for overlap_io in (True, False):
-        out, probs = tmp_path / f"{overlap_io}.tif", tmp_path / f"{overlap_io}_p.tif"
-        predict_scene(
+        _, *m = _dsm_scene_maps(
+            tmp_path,
             scene,
-            Pixelwise(),
-            out,
-            aux=aux,
-            aux_channels=1,
+            aux,
+            str(overlap_io),
             normalize=_minmax_checkpoint_normalizer(),
-            classes=ISPRS_CLASSES,
-            window=64,
-            overlap=16,
             batch_size=3,
-            probabilities=probs,
             overlap_io=overlap_io,
-            progress=False,
         )
-        with rasterio.open(probs) as ds:
-            maps.append((read(out)[0], ds.read()))
+        maps.append(m)
     np.testing.assert_array_equal(maps[0][0], maps[1][0])
     np.testing.assert_array_equal(maps[0][1], maps[1][1])
 

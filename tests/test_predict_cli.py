@@ -285,21 +285,15 @@ def test_open_vocabulary_checkpoint_predicts_with_other_class_names(tmp_path, sc
     )
     ckpt = ckpt_mod.save_model_checkpoint(tmp_path / "rpn.ckpt", model, meta)
     _, sc = scenes
+
+    def predict_with(classes, out):
+        return run(
+            sc["north"], "-m", ckpt, "-o", out, "-q", "--window", 64, "--overlap", 16,
+            "--classes", classes,
+        )  # fmt: skip
+
     out = tmp_path / "ov.tif"
-    res = run(
-        sc["north"],
-        "-m",
-        ckpt,
-        "-o",
-        out,
-        "-q",
-        "--window",
-        64,
-        "--overlap",
-        16,
-        "--classes",
-        "tree, building ,road",
-    )
+    res = predict_with("tree, building ,road", out)
     assert res.exit_code == 0, res.output
     with rasterio.open(out) as ds:
         values = np.unique(ds.read(1))
@@ -311,20 +305,7 @@ def test_open_vocabulary_checkpoint_predicts_with_other_class_names(tmp_path, sc
     assert all(f'label="{n}"' in qml for n in ("tree", "building", "road"))
     assert "low vegetation" not in qml
     # The vocabulary decides the output: a single-class vocabulary gives one class everywhere.
-    res = run(
-        sc["north"],
-        "-m",
-        ckpt,
-        "-o",
-        tmp_path / "one.tif",
-        "-q",
-        "--window",
-        64,
-        "--overlap",
-        16,
-        "--classes",
-        "tree",
-    )
+    res = predict_with("tree", tmp_path / "one.tif")
     assert res.exit_code == 0, res.output
     with rasterio.open(tmp_path / "one.tif") as ds:
         assert set(np.unique(ds.read(1)).tolist()) <= {0, 255}

@@ -563,31 +563,24 @@ def predict_scene(
                     a = np.where(av[None], a, np.float32(0.0))
                 return img, a, av
 
+            def normalized_strip(
+                img: np.ndarray,
+                valid: np.ndarray,
+                a: np.ndarray | None,
+                av: np.ndarray | None,
+                offset: tuple[int, int],
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+                img, a, av = normalized(img, a, av, offset)
+                return img, valid, a, av
+
             def read_batches() -> Iterator[tuple[Any, ...]]:
-                strips = reader.row_reader()
                 # A pixelwise normaliser runs once per row strip (overlaps normalised once).
-                cur: tuple[Any, ...] = (None,)
+                strips = reader.row_reader(normalized_strip if pixelwise else None)
                 for band, batch in batches:
                     imgs, auxs, avals, valids = [], [], [], []
                     for win in batch:
-                        c0, c1 = row_span[(band, win.row)]
-                        if pixelwise:
-                            if cur[0] != (band, win.row):
-                                sw = Window(win.row, c0, win.height, c1 - c0)
-                                simg, svalid = reader.read_scene(sw)
-                                sa, sav = reader.read_aux(sw) if reader.has_aux else (None, None)
-                                cur = (
-                                    (band, win.row),
-                                    svalid,
-                                    *normalized(simg, sa, sav, (win.row, c0)),
-                                )
-                            _, svalid, simg, sa, sav = cur
-                            cs = slice(win.col - c0, win.col_end - c0)
-                            img, valid = simg[:, :, cs], svalid[:, cs]
-                            a = sa[:, :, cs] if sa is not None else None
-                            av = sav[:, cs] if sav is not None else None
-                        else:
-                            img, valid, a, av = strips.read(win, c0, c1)
+                        img, valid, a, av = strips.read(win, *row_span[(band, win.row)])
+                        if not pixelwise:
                             img, a, av = normalized(img, a, av, (win.row, win.col))
                         imgs.append(np.asarray(img, np.float32))
                         valids.append(valid)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +34,12 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window as RioWindow
 
 from rsprompt.inference.windows import Window
+
+#: ``(image, valid, aux, aux_valid, (row, col))`` → the same four arrays, for a whole strip.
+StripFn = Callable[
+    [np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, tuple[int, int]],
+    tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None],
+]
 
 #: Largest upsampling factor of a coarse aux raster (see :class:`SceneReader`).
 MAX_AUX_FACTOR = 16
@@ -229,6 +235,14 @@ class _RunningStats:
             count=self.count,
             **extra,  # type: ignore[arg-type]
         )
+
+
+def _aux_valid(data: np.ndarray, nodata: float | None) -> np.ndarray:
+    """Aux pixels (``data``: A×H×W) where every band is finite and none equals ``nodata``."""
+    ok = np.isfinite(data).all(axis=0)
+    if nodata is not None and not math.isnan(nodata):
+        ok &= ~(data == np.float32(nodata)).any(axis=0)
+    return ok
 
 
 def _cell_minima(values: np.ndarray, valid: np.ndarray, cell: int) -> np.ndarray:
@@ -461,10 +475,7 @@ class SceneReader:
         if r1 <= r0 or c1 <= c0:
             return aux, valid
         data = src.read(window=RioWindow(c0, r0, c1 - c0, r1 - r0)).astype(np.float32, copy=False)
-        ok = np.isfinite(data).all(axis=0)
-        nodata = self._src_nodata
-        if nodata is not None and not math.isnan(nodata):
-            ok &= ~(data == np.float32(nodata)).any(axis=0)
+        ok = _aux_valid(data, self._src_nodata)
         if self._aux_mask:
             ok &= src.read_masks(1, window=RioWindow(c0, r0, c1 - c0, r1 - r0)) > 0
         data[:, ~ok] = 0.0
@@ -478,16 +489,17 @@ class SceneReader:
         """A window of the warped aux grid (0 where invalid) plus its validity."""
         assert self.vrt is not None
         aux = self.vrt.read(window=rw)
-        invalid = ~np.isfinite(aux)
-        if self._aux_nodata is not None:
-            invalid |= aux == np.float32(self._aux_nodata)
-        valid = ~invalid.any(axis=0)
+        valid = _aux_valid(aux, self._aux_nodata)
         aux[:, ~valid] = 0.0
         return aux, valid
 
-    def row_reader(self) -> RowStripReader:
-        """A reader of windows that reads (and warps) each row of windows once."""
-        return RowStripReader(self)
+    def row_reader(self, prepare: StripFn | None = None) -> RowStripReader:
+        """A reader of windows that reads (and warps) each row of windows once.
+
+        Args:
+            prepare: Applied to each strip once after reading (see :class:`RowStripReader`).
+        """
+        return RowStripReader(self, prepare)
 
     def aux_statistics(self, block_rows: int = 512, ground_cell: int | None = None) -> AuxStats:
         """Per-band min/max/mean/std over the valid aux pixels of the whole scene grid.
@@ -562,9 +574,7 @@ class SceneReader:
             h = min(block_rows, int(win.row_off + win.height) - r)
             strip = RioWindow(int(win.col_off), r, int(win.width), h)
             data = src.read(window=strip).astype(np.float32, copy=False)
-            valid = np.isfinite(data).all(axis=0)
-            if nodata is not None and not np.isnan(nodata):
-                valid &= ~(data == np.float32(nodata)).any(axis=0)
+            valid = _aux_valid(data, nodata)
             if needs_mask:
                 valid &= geometry_mask(
                     [mapping(geom)],
@@ -609,18 +619,27 @@ class RowStripReader:
 
     Args:
         reader: The scene reader.
+        prepare: ``prepare(image, valid, aux, aux_valid, (row, col0))`` → the same four arrays,
+            applied to each strip once after reading (e.g. a pixelwise normalisation). Windows
+            are then views of the prepared strip; without it they are copies (a per-window
+            normaliser may work in place, and neighbouring windows share columns).
     """
 
-    def __init__(self, reader: SceneReader) -> None:
+    def __init__(self, reader: SceneReader, prepare: StripFn | None = None) -> None:
         self.reader = reader
+        self.prepare = prepare
         self._key: tuple[int, int, int, int] | None = None
-        self._scene: tuple[np.ndarray, np.ndarray] | None = None
-        self._aux: tuple[np.ndarray, np.ndarray] | None = None
+        self._strip: tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None] | None = (
+            None
+        )
 
     def _load(self, row: int, height: int, col0: int, col1: int) -> None:
         strip = Window(row, col0, height, col1 - col0)
-        self._scene = self.reader.read_scene(strip)
-        self._aux = self.reader.read_aux(strip) if self.reader.has_aux else None
+        image, valid = self.reader.read_scene(strip)
+        aux, aux_valid = self.reader.read_aux(strip) if self.reader.has_aux else (None, None)
+        if self.prepare is not None:
+            image, valid, aux, aux_valid = self.prepare(image, valid, aux, aux_valid, (row, col0))
+        self._strip = (image, valid, aux, aux_valid)
         self._key = (row, height, col0, col1)
 
     def read(
@@ -636,12 +655,10 @@ class RowStripReader:
         key = (win.row, win.height, col0, col1)
         if key != self._key:
             self._load(*key)
-        assert self._scene is not None
+        assert self._strip is not None
         cs = slice(win.col - col0, win.col - col0 + win.width)
-        # Copies: a normaliser may work in place, and neighbouring windows share columns.
-        image, valid = self._scene
-        out_img, out_valid = image[:, :, cs].copy(), valid[:, cs].copy()
-        if self._aux is None:
-            return out_img, out_valid, None, None
-        aux, aux_valid = self._aux
-        return out_img, out_valid, aux[:, :, cs].copy(), aux_valid[:, cs].copy()
+        cut = [None if a is None else a[..., cs] for a in self._strip]
+        if self.prepare is None:
+            cut = [None if a is None else a.copy() for a in cut]
+        image, valid, aux, aux_valid = cut
+        return image, valid, aux, aux_valid

@@ -458,24 +458,6 @@ def test_encoder_seed_makes_the_random_towers_reproducible():
     assert a.config()["encoder_seed"] == 5
 
 
-@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
-def test_weights_from_a_torchscript_archive(tmp_path):
-    """OpenAI's original CLIP files are TorchScript archives."""
-    import open_clip
-
-    from rsprompt.models.encoders.clip import build_clip, register_tiny_configs
-
-    register_tiny_configs()
-    torch.manual_seed(7)
-    src = open_clip.create_model(TINY, force_quick_gelu=True)
-    path = tmp_path / "clip_jit.pt"
-    torch.jit.script(src).save(str(path))
-    visual, text, spec = build_clip(TINY, img_size=96, weights=path)
-    assert torch.equal(visual.conv1.weight, src.visual.conv1.weight)
-    assert torch.equal(text.text_projection, src.text_projection)
-    assert visual.positional_embedding.shape == (37, 64) and spec.quick_gelu
-
-
 def test_lr_multipliers_match_the_trainable_modules(tiny: RPN):
     mult = tiny.lr_multipliers
     assert mult["relation_h"] == 1.0 and mult["vpt"] == mult["head"] == 10.0

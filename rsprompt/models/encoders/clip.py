@@ -1,7 +1,9 @@
 """Frozen open_clip CLIP towers (image and text) for open-vocabulary segmentation (RPN).
 
 :func:`build_clip` builds an open_clip CLIP model by name, optionally loads a local weights file
-(``open_clip.create_model(name, pretrained=PATH)``), and splits it into two frozen towers:
+(:func:`read_clip_state`: safetensors or ``torch.load(weights_only=True)``; a TorchScript archive
+only when the user trusts it, since loading one runs its code), and splits it into two frozen
+towers:
 
 - the image tower is open_clip's own ``VisionTransformer`` (``conv1``, ``class_embedding``,
   ``positional_embedding``, ``ln_pre``, ``transformer.resblocks``, ``ln_post``, ``proj``); RPN runs
@@ -21,7 +23,7 @@ on the CPU and moves, about 2 s for ViT-B-16). The tokenizer (open_clip's BPE
 
 Tiny random configurations for tests and demos are registered with open_clip under
 :data:`TINY_CLIP_CONFIGS` (e.g. ``"rsprompt-tiny-clip"``), so they load local files through the
-same ``create_model(name, pretrained=PATH)`` path as the real models.
+same loading path as the real models.
 """
 
 from __future__ import annotations
@@ -32,7 +34,10 @@ import functools
 import hashlib
 import json
 import logging
+import math
+import os
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -219,6 +224,7 @@ def build_clip(
     quick_gelu: bool | None = None,
     device: str | torch.device | None = None,
     seed: int | None = 0,
+    trust_torchscript: bool | None = None,
 ) -> tuple[nn.Module, ClipTextTower, ClipSpec]:
     """Build frozen open_clip image and text towers.
 
@@ -236,12 +242,19 @@ def build_clip(
         device: ``None`` (CPU), a device, or ``"meta"`` (shapes only, no memory; no weights).
         seed: Seed of the random init (without weights; the caller's RNG state is restored);
             ``None`` = the global RNG.
+        trust_torchscript: Allow a TorchScript archive as ``weights`` (OpenAI's original CLIP
+            files). Such an archive is a program: loading it runs code it contains, so it is
+            refused unless this is True. ``None`` = the environment variable
+            ``RSPROMPT_TRUST_TORCHSCRIPT=1`` (the switch for the command line). Never read from a
+            checkpoint.
 
     Returns:
         ``(image_tower, text_tower, spec)``; both towers frozen (``requires_grad=False``, eval).
 
     Raises:
-        ValueError: Unknown model name, unsupported architecture, or weights on the meta device.
+        ValueError: Unknown model name, unsupported architecture, weights on the meta device, or a
+            weights file that is not plain tensors (an untrusted TorchScript archive, a pickle
+            with code) or does not fit the model.
         FileNotFoundError: The weights file does not exist.
     """
     import open_clip
@@ -274,11 +287,9 @@ def build_clip(
                 torch.manual_seed(seed)
             model = open_clip.create_model(name, pretrained=None, pretrained_text=False, **kwargs)
     else:
-        try:
-            model = open_clip.create_model(name, pretrained=str(weights_path), **kwargs)
-        except (RuntimeError, OSError, KeyError, ValueError, AttributeError) as err:
-            # OpenAI's original files are TorchScript archives that torch.load(weights_only) refuses.
-            model = _load_torchscript_weights(open_clip, name, weights_path, kwargs, err)
+        with _no_random_init_warning():  # the weights are loaded right below
+            model = open_clip.create_model(name, pretrained=None, pretrained_text=False, **kwargs)
+        _load_clip_weights(model, weights_path, trust_torchscript)
 
     if not isinstance(getattr(model, "visual", None), VisionTransformer) or not hasattr(
         model, "token_embedding"
@@ -328,25 +339,100 @@ def _no_random_init_warning() -> Iterator[None]:
         root.removeFilter(flt)
 
 
-def _load_torchscript_weights(
-    open_clip: Any, name: str, path: Path, kwargs: dict[str, Any], err: BaseException
-) -> nn.Module:
-    """Fallback for OpenAI TorchScript archives: read their state dict and load it strictly."""
-    try:
-        state = torch.jit.load(str(path), map_location="cpu").state_dict()
-    except Exception:
-        raise RuntimeError(f"could not load CLIP weights from {path}: {err}") from err
+#: Environment switch that allows TorchScript CLIP archives (see :func:`build_clip`).
+TRUST_TORCHSCRIPT_ENV = "RSPROMPT_TRUST_TORCHSCRIPT"
+
+
+def is_torchscript_archive(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript archive (a zip with serialised code), not plain tensors."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/" in n or n.endswith("constants.pkl") for n in archive.namelist())
+
+
+def _trusted(trust: bool | None) -> bool:
+    if trust is not None:
+        return bool(trust)
+    return os.environ.get(TRUST_TORCHSCRIPT_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def read_clip_state(path: Path, trust_torchscript: bool | None = None) -> dict[str, Tensor]:
+    """Read a CLIP state dict from a local file without running code from it.
+
+    safetensors files and torch pickles (``torch.load(weights_only=True)``) are read as tensors;
+    an OpenAI TorchScript archive only when trusted (see :func:`build_clip`). A nested
+    ``state_dict`` and a DataParallel ``module.`` prefix are unwrapped.
+
+    Raises:
+        ValueError: The file is an untrusted TorchScript archive, or not plain tensors.
+    """
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        obj: Any = load_file(str(path), device="cpu")
+    elif is_torchscript_archive(path):
+        if not _trusted(trust_torchscript):
+            raise ValueError(
+                f"CLIP weights {path} are a TorchScript archive: a program whose loading runs the "
+                "code it contains, so rsprompt refuses it by default. If you trust its source, set "
+                f"{TRUST_TORCHSCRIPT_ENV}=1 for this command (or pass trust_torchscript=True), or "
+                "convert it once to a plain state dict (torch.save(torch.jit.load(f).state_dict()))"
+            )
+        obj = torch.jit.load(str(path), map_location="cpu").state_dict()
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # pickle errors come in many types
+            raise ValueError(
+                f"CLIP weights {path} are not a plain tensor file (refused without running it): "
+                f"{str(exc).splitlines()[0]}"
+            ) from None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise ValueError(f"CLIP weights {path} hold no state dict of tensors")
+    if obj and next(iter(obj)).startswith("module."):
+        obj = {k.removeprefix("module."): v for k, v in obj.items()}
+    return obj
+
+
+def _load_clip_weights(model: nn.Module, path: Path, trust_torchscript: bool | None) -> None:
+    """Load a local weights file into an open_clip model, strictly.
+
+    The image position embedding is loaded at the file's native grid and resampled bilinearly
+    (``align_corners=False``) to the model's grid, as RPN's released code does.
+    """
+    from open_clip.factory import convert_state_dict
+
+    state = read_clip_state(path, trust_torchscript)
     for key in ("input_resolution", "context_length", "vocab_size"):
         state.pop(key, None)
-    with _no_random_init_warning():  # the weights are loaded right below
-        model = open_clip.create_model(name, pretrained=None, pretrained_text=False, **kwargs)
-    from open_clip.model import resize_pos_embed
-
     # Scripted models also store non-persistent buffers (the causal attention masks).
-    state = {k: v.float() for k, v in state.items() if not k.endswith("attn_mask")}
-    resize_pos_embed(state, model)
-    model.load_state_dict(state, strict=True)
-    return model
+    state = {k: v for k, v in state.items() if not k.endswith("attn_mask")}
+    state = convert_state_dict(model, state)
+    _resize_image_pos_embed(state, model.visual)
+    ref = model.state_dict()
+    state = {k: v.to(ref[k].dtype) if k in ref else v for k, v in state.items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"CLIP weights {path} do not fit the model: {exc}") from None
+
+
+def _resize_image_pos_embed(state: dict[str, Tensor], visual: nn.Module) -> None:
+    """Bilinearly resample ``visual.positional_embedding`` in ``state`` to ``visual``'s grid."""
+    key = "visual.positional_embedding"
+    pos = state.get(key)
+    if pos is None or pos.shape == visual.positional_embedding.shape:
+        return
+    n = pos.shape[0] - 1
+    side = math.isqrt(n)
+    if side * side != n:
+        raise ValueError(f"{key} has {n} grid tokens, not a square grid")
+    state[key] = torch.cat(
+        [pos[:1], resample_grid(pos[1:], (side, side), tuple(visual.grid_size))], dim=0
+    )
 
 
 def resample_grid(tokens: Tensor, old: tuple[int, int], new: tuple[int, int]) -> Tensor:

@@ -220,7 +220,8 @@ class MultimodalFeatureAdapter(nn.Module):
             )
         self.dim, self.num_heads, self.inner, self.scale = dim, num_heads, r, float(scale)
         self.folded = fold_kv
-        self.norm = nn.LayerNorm(prompt_dim)
+        # eps 1e-6: the released code uses the block's own norm layer (SegFormer's LayerNorm).
+        self.norm = nn.LayerNorm(prompt_dim, eps=1e-6)
         if fold_kv:
             self.k = nn.Linear(prompt_dim, r)
             self.v = nn.Linear(prompt_dim, r)

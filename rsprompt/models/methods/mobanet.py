@@ -189,12 +189,16 @@ def mcrm_counts(batch: int, ratio: float = 0.25) -> tuple[int, int, bool]:
 def _rectangle(
     h: int, w: int, area: tuple[float, float], aspect: tuple[float, float], gen: torch.Generator
 ) -> tuple[int, int, int, int] | None:
-    """A random rectangle ``(top, left, height, width)`` of the given area fraction and aspect."""
+    """A random rectangle ``(top, left, height, width)`` of the given area fraction and aspect.
+
+    The aspect ratio is width / height, as in the released MoBaNet code: for an area ``A`` and a
+    ratio ``ar``, ``height = sqrt(A / ar)`` and ``width = sqrt(A · ar)``.
+    """
     for _ in range(10):
         frac = area[0] + (area[1] - area[0]) * float(torch.rand((), generator=gen))
         ratio = aspect[0] + (aspect[1] - aspect[0]) * float(torch.rand((), generator=gen))
-        rh = round(math.sqrt(frac * h * w * ratio))
-        rw = round(math.sqrt(frac * h * w / ratio))
+        rh = round(math.sqrt(frac * h * w / ratio))
+        rw = round(math.sqrt(frac * h * w * ratio))
         if 1 <= rh <= h and 1 <= rw <= w:
             top = int(torch.randint(0, h - rh + 1, (), generator=gen))
             left = int(torch.randint(0, w - rw + 1, (), generator=gen))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from rsprompt.models.methods.dplnet import MultimodalFeatureAdapter
 from rsprompt.models.methods.mobanet import _rectangle
@@ -43,3 +44,60 @@ def test_dplnet_mfa_prompt_norm_eps_is_the_blocks():
     x = torch.randn(3, 32) * 1e-3  # tiny variance: eps matters
     ref = torch.nn.functional.layer_norm(x, (32,), mfa.norm.weight, mfa.norm.bias, eps=1e-6)
     torch.testing.assert_close(mfa.norm(x), ref)
+
+
+def _tiny_dinov2(**kw):
+    from rsprompt.models.encoders.vit import TimmViTEncoder
+
+    torch.manual_seed(0)
+    enc = TimmViTEncoder(
+        "vit_small_patch14_dinov2", depth=1, embed_dim=24, num_heads=2, encoder_seed=3, **kw
+    )
+    with torch.no_grad():  # a smooth, non-trivial embedding (random init is mostly zeros)
+        m = enc.model
+        yy, xx = torch.meshgrid(torch.linspace(0, 3, 37), torch.linspace(0, 2, 37), indexing="ij")
+        grid = torch.stack([torch.sin(yy * (k + 1) + xx * k) for k in range(24)], dim=-1)
+        m.pos_embed[0, 1:] = grid.reshape(37 * 37, 24)
+        m.pos_embed[0, 0] = torch.arange(24) / 24
+    return enc
+
+
+def _expected_dinov2(pos, rows, cols):
+    """DINOv2's interpolate_pos_encoding, written out from its published description."""
+    sq = pos[0, 1:].reshape(1, 37, 37, -1).permute(0, 3, 1, 2)
+    out = F.interpolate(
+        sq, scale_factor=((rows + 0.1) / 37, (cols + 0.1) / 37), mode="bicubic", antialias=False
+    )
+    return out.permute(0, 2, 3, 1).reshape(rows * cols, -1)
+
+
+def test_dinov2_position_embedding_rule():
+    enc = _tiny_dinov2()
+    assert enc.pos_interp == "dinov2" and enc.describe()["pos_interp"] == "dinov2"
+    m = enc.model
+    emb = torch.zeros(2, 19, 23, 24)  # a 266×322 input: 19×23 patches of 14 px
+    with torch.no_grad():
+        x = enc.begin(emb).x
+    pos = m.pos_embed.detach()
+    torch.testing.assert_close(x[0, 0], m.cls_token[0, 0] + pos[0, 0])
+    torch.testing.assert_close(x[1, 1:], _expected_dinov2(pos, 19, 23))
+    # timm's own rule (antialiased, exact size) differs measurably on a smooth embedding
+    timm_rule = _tiny_dinov2(pos_interp="timm")
+    with torch.no_grad():
+        y = timm_rule.begin(emb).x
+    rel = (y[0, 1:] - x[0, 1:]).norm() / x[0, 1:].norm()
+    assert rel > 1e-3
+
+
+def test_dinov2_rule_leaves_the_native_grid_untouched():
+    enc = _tiny_dinov2()
+    with torch.no_grad():
+        x = enc.begin(torch.zeros(1, 37, 37, 24)).x
+    torch.testing.assert_close(x[0, 1:], enc.model.pos_embed[0, 1:].detach())
+
+
+def test_other_vits_keep_timms_rule():
+    from rsprompt.models.encoders.vit import TimmViTEncoder
+
+    enc = TimmViTEncoder("vit_tiny_patch16_224", depth=1, embed_dim=24, num_heads=2)
+    assert enc.pos_interp == "timm"

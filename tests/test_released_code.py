@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -101,3 +102,86 @@ def test_other_vits_keep_timms_rule():
 
     enc = TimmViTEncoder("vit_tiny_patch16_224", depth=1, embed_dim=24, num_heads=2)
     assert enc.pos_interp == "timm"
+
+
+# --------------------------------------------------------------------------- RPN loss
+def _s(v: float) -> float:
+    return 1 / (1 + math.exp(-v))
+
+
+def _focal_term(x: float, y: int) -> float:
+    """α_t (1 − p_t)^γ · BCE for one pixel and class (α 0.25, γ 2)."""
+    p = _s(x)
+    return 0.25 * (1 - p) ** 2 * -math.log(p) if y else 0.75 * p**2 * -math.log(1 - p)
+
+
+def _rpn():
+    from rsprompt.models.registry import build_model
+
+    return build_model("rpn", "rsprompt-tiny-clip", 2, img_size=64, device="meta")
+
+
+def test_rpn_loss_by_hand_ignored_pixels_are_negatives():
+    """One image, classes 0 and 1 present (N = 2), the third pixel ignored (255)."""
+    logits = torch.tensor([[[[0.0, 2.0, 5.0]], [[1.0, -1.0, 5.0]]]])  # 1×2×1×3
+    target = torch.tensor([[[1, 0, 255]]])
+    labels = [[0, 1, 0], [1, 0, 0]]  # per class: 1 where the label is the class, else 0
+    xs = [[0.0, 2.0, 5.0], [1.0, -1.0, 5.0]]
+    focal = sum(sum(_focal_term(x, y) for x, y in zip(xs[k], labels[k])) / 3 for k in (0, 1)) / 2
+    dice = 0.0
+    for k in (0, 1):
+        p = [_s(x) for x in xs[k]]
+        inter = sum(pi * yi for pi, yi in zip(p, labels[k]))
+        dice += 1 - (2 * inter + 1) / (sum(p) + sum(labels[k]) + 1)
+    dice /= 2
+    model = _rpn()
+    losses = model.compute_loss({"logits": logits}, target)
+    assert losses["loss_focal"].item() == pytest.approx(focal, rel=1e-5)
+    assert losses["loss_dice"].item() == pytest.approx(dice, rel=1e-5)
+    assert losses["loss"].item() == pytest.approx(100 * focal + dice, rel=1e-5)
+
+
+def test_rpn_loss_absent_classes_and_an_unlabelled_image():
+    """Two images, three classes. Image 0 has classes 0 and 1 (class 2 absent); image 1 is all
+    ignored. N = 2 present masks. Focal: all 6 masks over all pixels; dice: the 2 present."""
+    logits = torch.tensor(
+        [
+            [[[0.5, -0.5]], [[-1.0, 1.5]], [[0.2, -2.0]]],
+            [[[1.0, 0.0]], [[-0.3, 0.7]], [[2.0, 0.1]]],
+        ]
+    )  # 2×3×1×2
+    target = torch.tensor([[[0, 1]], [[255, 255]]])
+    xs = logits[:, :, 0, :].tolist()
+    ys = [[[1, 0], [0, 1], [0, 0]], [[0, 0], [0, 0], [0, 0]]]
+    focal = 0.0
+    for b in range(2):
+        for k in range(3):
+            focal += sum(_focal_term(x, y) for x, y in zip(xs[b][k], ys[b][k])) / 2
+    focal /= 2
+    dice = 0.0
+    for k in (0, 1):  # image 0 only
+        p = [_s(x) for x in xs[0][k]]
+        inter = sum(pi * yi for pi, yi in zip(p, ys[0][k]))
+        dice += 1 - (2 * inter + 1) / (sum(p) + sum(ys[0][k]) + 1)
+    dice /= 2
+    from rsprompt.models.registry import build_model
+
+    model = build_model("rpn", "rsprompt-tiny-clip", 3, img_size=64, device="meta")
+    losses = model.compute_loss({"logits": logits}, target)
+    assert losses["loss_focal"].item() == pytest.approx(focal, rel=1e-5)
+    assert losses["loss_dice"].item() == pytest.approx(dice, rel=1e-5)
+
+
+def test_rpn_loss_with_no_labelled_pixel_divides_by_one():
+    logits = torch.tensor([[[[0.3, -0.2]], [[1.0, 0.4]]]])
+    target = torch.tensor([[[255, 255]]])
+    focal = sum(_focal_term(x, 0) for row in logits[0, :, 0].tolist() for x in row) / 2
+    losses = _rpn().compute_loss({"logits": logits}, target)
+    assert losses["loss_focal"].item() == pytest.approx(focal, rel=1e-5)  # N clamped to 1
+    assert losses["loss_dice"].item() == 0.0
+
+
+def test_rpn_ignored_pixels_get_a_gradient():
+    logits = torch.zeros(1, 2, 1, 2, requires_grad=True)
+    _rpn().compute_loss({"logits": logits}, torch.tensor([[[0, 255]]]))["loss"].backward()
+    assert (logits.grad[0, :, 0, 1] > 0).all()  # pushed towards negative for every class

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import time
 
@@ -12,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rsprompt.data.labels import ISPRS_CLASSES
-from rsprompt.models.methods.rpn import RPN, dice_loss, sigmoid_focal_loss
+from rsprompt.models.methods.rpn import RPN
 from rsprompt.models.registry import available_methods, build_model, default_aux_channels
 
 TINY = "rsprompt-tiny-clip"
@@ -181,31 +180,6 @@ def test_calibration_subtracts_exactly_0_1_from_seen_scores(tiny: RPN):
     finally:
         tiny.calibration = 0.1
         tiny.set_seen_classes(ISPRS)
-
-
-def test_focal_and_dice_by_hand(tiny: RPN):
-    logits = torch.tensor([[[[0.0, 2.0, 5.0]], [[1.0, -1.0, 5.0]]]])  # 1×2×1×3
-    target = torch.tensor([[[1, 0, 255]]])  # last pixel ignored
-    s = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
-    focal = (
-        0.75 * 0.25 * math.log(2)  # pixel 0, class 0: x 0, y 0
-        + 0.25 * (1 - s(1)) ** 2 * -math.log(s(1))  # pixel 0, class 1: x 1, y 1
-        + 0.25 * (1 - s(2)) ** 2 * -math.log(s(2))  # pixel 1, class 0: x 2, y 1
-        + 0.75 * s(-1) ** 2 * -math.log(1 - s(-1))  # pixel 1, class 1: x -1, y 0
-    ) / 4
-    dice0 = 1 - (2 * s(2) + 1) / (0.5 + s(2) + 1 + 1)
-    dice1 = 1 - (2 * s(1) + 1) / (s(1) + s(-1) + 1 + 1)
-    dice = (dice0 + dice1) / 2
-    losses = tiny.compute_loss({"logits": logits}, target)
-    assert losses["loss_focal"].item() == pytest.approx(focal, rel=1e-5)
-    assert losses["loss_dice"].item() == pytest.approx(dice, rel=1e-5)
-    assert losses["loss"].item() == pytest.approx(100 * focal + dice, rel=1e-5)
-    onehot = torch.tensor([[[[0.0, 1.0, 0.0]], [[1.0, 0.0, 0.0]]]])
-    valid = target != 255
-    assert sigmoid_focal_loss(logits, onehot, valid).item() == pytest.approx(focal, rel=1e-5)
-    assert dice_loss(logits, onehot, valid).item() == pytest.approx(dice, rel=1e-5)
-    with pytest.raises(ValueError, match=r"outside 0\.\.1"):
-        tiny.compute_loss({"logits": logits}, torch.tensor([[[1, 4, 0]]]))
 
 
 def test_text_embeddings_are_computed_once_per_vocabulary():

@@ -21,10 +21,12 @@ list of class names. Trainable parts (METHODS.md §5):
 over the token grid (``resample_h=True``, default) or raise a clear error. The frozen position
 embedding is resampled the same way.
 
-Loss: sigmoid focal (α 0.25, γ 2) × 100 + dice × 1 over per-class binary masks, ignored pixels
-excluded. Inference (eval mode) returns **scores** ``sigmoid(logits)`` with 0.1 subtracted from
-the classes seen in training (zero-shot calibration); argmax gives the prediction. Scores lie in
-``[-calibration, 1]``; softmax keeps their argmax.
+Loss (the released code's): sigmoid focal (α 0.25, γ 2) × 100 + dice × 1 over per-(image,
+class) binary masks, normalised by the number of masks present; ignored pixels are negatives of
+every class (see :meth:`RPN.compute_loss`). Inference (eval mode) returns **scores**
+``sigmoid(logits)`` with 0.1 subtracted from the classes seen in training (zero-shot
+calibration); argmax gives the prediction. Scores lie in ``[-calibration, 1]``; softmax keeps
+their argmax.
 
 Open vocabulary: class names are data. The model is built for a list of names and predicts with
 another via :meth:`RPN.set_vocabulary` or ``forward(..., class_names=[…])``. Text embeddings are
@@ -67,19 +69,25 @@ IGNORE_INDEX = 255
 
 # --------------------------------------------------------------------------- losses
 def sigmoid_focal_loss(
-    logits: Tensor, target: Tensor, valid: Tensor, alpha: float = 0.25, gamma: float = 2.0
+    logits: Tensor,
+    target: Tensor,
+    num_masks: float | Tensor,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
 ) -> Tensor:
-    """Sigmoid focal loss averaged over valid (pixel, class) pairs.
+    """Sigmoid focal loss of every (image, class) mask, as RPN's released code computes it.
+
+    Every pixel counts, ignored ones included: their target is 0 for every class.
 
     Args:
         logits: ``B×K×H×W``.
-        target: ``B×K×H×W`` binary (float) per-class masks.
-        valid: ``B×H×W`` bool, pixels that count.
+        target: ``B×K×H×W`` binary (float) per-class masks (all zero at ignored pixels).
+        num_masks: The normaliser ``N`` (see :func:`count_masks`).
         alpha: Weight of the positive class (``1-alpha`` for negatives).
         gamma: Focusing exponent.
 
     Returns:
-        Scalar: ``Σ_valid α_t (1-p_t)^γ · BCE / (n_valid · K)`` (0 without valid pixels).
+        Scalar: ``Σ_(b,k) mean_pixels(α_t (1-p_t)^γ · BCE) / N``.
     """
     prob = logits.sigmoid()
     ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
@@ -87,23 +95,42 @@ def sigmoid_focal_loss(
     loss = ce * (1 - p_t) ** gamma
     if alpha >= 0:
         loss = loss * (alpha * target + (1 - alpha) * (1 - target))
-    mask = valid.unsqueeze(1).to(loss.dtype)
-    denom = mask.sum() * logits.shape[1]
-    return (loss * mask).sum() / denom.clamp_min(1)
+    return loss.flatten(2).mean(-1).sum() / num_masks
 
 
-def dice_loss(logits: Tensor, target: Tensor, valid: Tensor, smooth: float = 1.0) -> Tensor:
-    """Dice loss of sigmoid probabilities, per image and class, averaged.
+def dice_loss(
+    logits: Tensor,
+    target: Tensor,
+    present: Tensor,
+    num_masks: float | Tensor,
+    smooth: float = 1.0,
+) -> Tensor:
+    """Dice loss of the present (image, class) masks over all pixels (RPN's released code).
 
-    ``1 - (2 Σ p·y + s) / (Σ p + Σ y + s)`` over the valid pixels of each image and class,
-    then the mean over images and classes.
+    ``1 - (2 Σ p·y + s) / (Σ p + Σ y + s)`` per mask, summed over the present masks, divided by
+    ``N``.
+
+    Args:
+        logits: ``B×K×H×W``.
+        target: ``B×K×H×W`` binary masks (all zero at ignored pixels).
+        present: ``B×K`` bool, masks with at least one labelled pixel.
+        num_masks: The normaliser ``N`` (see :func:`count_masks`).
+        smooth: Smoothing term ``s``.
     """
-    mask = valid.unsqueeze(1).to(logits.dtype)
-    prob = logits.sigmoid() * mask
-    tgt = target * mask
-    inter = (prob * tgt).flatten(2).sum(-1)
-    denom = prob.flatten(2).sum(-1) + tgt.flatten(2).sum(-1)
-    return (1 - (2 * inter + smooth) / (denom + smooth)).mean()
+    prob = logits.sigmoid()
+    inter = (prob * target).flatten(2).sum(-1)
+    denom = prob.flatten(2).sum(-1) + target.flatten(2).sum(-1)
+    per_mask = 1 - (2 * inter + smooth) / (denom + smooth)
+    return (per_mask * present.to(per_mask.dtype)).sum() / num_masks
+
+
+def count_masks(present: Tensor) -> Tensor:
+    """``N``: present (image, class) masks, averaged over DDP ranks, at least 1."""
+    n = present.sum().to(torch.float32).detach()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(n)
+        n = n / torch.distributed.get_world_size()
+    return n.clamp_min(1.0)
 
 
 def one_hot_targets(
@@ -488,7 +515,14 @@ class RPN(SegmentationModel):
         return self.calibrate(logits, class_names)
 
     def compute_loss(self, output: dict[str, Tensor], target: Tensor) -> dict[str, Tensor]:
-        """Sigmoid focal × ``focal_weight`` + dice × ``dice_weight`` (ignore index 255).
+        """Sigmoid focal × ``focal_weight`` + dice × ``dice_weight``, as the released code.
+
+        ``N`` = the (image, class) masks present in the batch (a labelled pixel of that class;
+        at least 1, averaged over DDP ranks). Focal: every image and class of the vocabulary,
+        mean over ALL pixels (ignored pixels, label 255, are negatives of every class), summed,
+        divided by ``N``. Dice: the present masks only, over all pixels, summed, divided by ``N``.
+        In zero-shot training unseen-class pixels are ignored, so every seen class learns to be
+        negative there, which the −0.1 calibration of seen classes relies on.
 
         Args:
             output: Training output (``{"logits": B×C×H×W}``).
@@ -498,10 +532,12 @@ class RPN(SegmentationModel):
             ``{"loss", "loss_focal", "loss_dice"}`` (the last two unweighted).
         """
         logits = output["logits"] if isinstance(output, dict) else output
-        onehot, valid = one_hot_targets(target, logits.shape[1])
+        onehot, _valid = one_hot_targets(target, logits.shape[1])
         onehot = onehot.to(logits.dtype)
-        focal = sigmoid_focal_loss(logits, onehot, valid)
-        dice = dice_loss(logits, onehot, valid)
+        present = onehot.flatten(2).amax(-1) > 0
+        n = count_masks(present)
+        focal = sigmoid_focal_loss(logits, onehot, n)
+        dice = dice_loss(logits, onehot, present, n)
         total = self.focal_weight * focal + self.dice_weight * dice
         return {"loss": total, "loss_focal": focal.detach(), "loss_dice": dice.detach()}
 

@@ -185,3 +185,37 @@ def test_rpn_ignored_pixels_get_a_gradient():
     logits = torch.zeros(1, 2, 1, 2, requires_grad=True)
     _rpn().compute_loss({"logits": logits}, torch.tensor([[[0, 255]]]))["loss"].backward()
     assert (logits.grad[0, :, 0, 1] > 0).all()  # pushed towards negative for every class
+
+
+# --------------------------------------------------------------------------- RPN CLS token
+def test_cls_token_forms():
+    """Released: CLS input 2·class_embedding + pos[0]; CLIP: class_embedding + pos[0]."""
+    from rsprompt.models.encoders.clip import build_clip, embed_image
+
+    visual, _, _ = build_clip("rsprompt-tiny-clip", seed=3)
+    with torch.no_grad():
+        visual.class_embedding.copy_(torch.linspace(-1, 1, 64))
+        visual.ln_pre = torch.nn.Identity()  # compare the raw token inputs
+        image = torch.randn(2, 3, 64, 64)
+        rel, _ = embed_image(visual, image, cls_form="released")
+        std, _ = embed_image(visual, image, cls_form="clip")
+    ce, pos0 = visual.class_embedding, visual.positional_embedding[0]
+    torch.testing.assert_close(rel[:, 0], (2 * ce + pos0).expand(2, -1))
+    torch.testing.assert_close(std[:, 0], (ce + pos0).expand(2, -1))
+    torch.testing.assert_close(rel[:, 1:], std[:, 1:])
+    with pytest.raises(ValueError, match="cls_form"):
+        embed_image(visual, image, cls_form="zegclip")
+
+
+def test_rpn_cls_form_default_and_old_checkpoints():
+    from rsprompt.models.methods.rpn import rpn_from_config
+    from rsprompt.models.registry import build_model
+
+    model = build_model("rpn", "rsprompt-tiny-clip", 2, img_size=64)
+    assert model.cls_form == "released" and model.config()["cls_form"] == "released"
+    old = model.config()
+    del old["cls_form"]  # a checkpoint written before the option: standard CLIP form
+    assert rpn_from_config(old).cls_form == "clip"
+    assert (
+        build_model("rpn", "rsprompt-tiny-clip", 2, img_size=64, cls_form="clip").cls_form == "clip"
+    )

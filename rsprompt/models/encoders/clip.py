@@ -445,7 +445,13 @@ def resample_grid(tokens: Tensor, old: tuple[int, int], new: tuple[int, int]) ->
     return grid.permute(0, 2, 3, 1).reshape(new[0] * new[1], dim)
 
 
-def embed_image(visual: nn.Module, image: Tensor) -> tuple[Tensor, tuple[int, int]]:
+#: CLS token forms of :func:`embed_image`.
+CLS_FORMS = ("released", "clip")
+
+
+def embed_image(
+    visual: nn.Module, image: Tensor, cls_form: str = "clip"
+) -> tuple[Tensor, tuple[int, int]]:
     """Patch-embed ``image`` with an open_clip image tower: ``[CLS, patches]`` tokens.
 
     The position embedding is resampled bilinearly when the patch grid differs from the one the
@@ -454,6 +460,9 @@ def embed_image(visual: nn.Module, image: Tensor) -> tuple[Tensor, tuple[int, in
     Args:
         visual: open_clip ``VisionTransformer``.
         image: ``B×3×H×W`` with ``H`` and ``W`` multiples of the patch size.
+        cls_form: ``"clip"``: the CLS input is ``class_embedding + pos[0]`` (CLIP). ``"released"``:
+            RPN's released code (from ZegCLIP) puts ``class_embedding`` in the token and also adds
+            it to ``pos[0]``, so the CLS input is ``2·class_embedding + pos[0]``.
 
     Returns:
         ``(tokens B×(1+N)×D after ln_pre, (H', W'))``.
@@ -461,6 +470,8 @@ def embed_image(visual: nn.Module, image: Tensor) -> tuple[Tensor, tuple[int, in
     Raises:
         ValueError: Wrong channel count or a size that is not a multiple of the patch.
     """
+    if cls_form not in CLS_FORMS:
+        raise ValueError(f"cls_form must be one of {CLS_FORMS}, got {cls_form!r}")
     patch = visual.patch_size
     if image.ndim != 4 or image.shape[1] != 3:
         raise ValueError(f"CLIP expects a B×3×H×W optical image, got shape {tuple(image.shape)}")
@@ -474,7 +485,8 @@ def embed_image(visual: nn.Module, image: Tensor) -> tuple[Tensor, tuple[int, in
     cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
     x = torch.cat([cls, x], dim=1)
     pos = visual.positional_embedding.to(x.dtype)
-    pos = torch.cat([pos[:1], resample_grid(pos[1:], tuple(visual.grid_size), grid)], dim=0)
+    first = pos[:1] + cls[0] if cls_form == "released" else pos[:1]
+    pos = torch.cat([first, resample_grid(pos[1:], tuple(visual.grid_size), grid)], dim=0)
     x = x + pos
     return visual.ln_pre(x), grid
 

@@ -53,6 +53,7 @@ from torch import Tensor, nn
 from rsprompt.data.labels import ISPRS_CLASSES, WHU_OPT_SAR_CLASSES
 from rsprompt.models.base import SegmentationModel
 from rsprompt.models.encoders.clip import (
+    CLS_FORMS,
     IMAGENET_MEAN,
     IMAGENET_STD,
     ClipSpec,
@@ -259,6 +260,9 @@ class RPN(SegmentationModel):
         dice_weight: Weight of the dice loss (1).
         device: ``None``/``"cpu"``/``"cuda"``… or ``"meta"`` (shapes only, e.g. for ``info``).
         encoder_seed: Seed of the random CLIP init when ``weights`` is ``None``.
+        cls_form: CLS token input, ``"released"`` (RPN's released code, from ZegCLIP:
+            ``2·class_embedding + pos[0]``, what the authors' prompts were trained with) or
+            ``"clip"`` (standard CLIP: ``class_embedding + pos[0]``). See :func:`embed_image`.
     """
 
     frozen_modules: ClassVar[tuple[str, ...]] = ("image_encoder", "text_encoder")
@@ -285,7 +289,10 @@ class RPN(SegmentationModel):
         dice_weight: float = 1.0,
         device: str | torch.device | None = None,
         encoder_seed: int | None = 0,
+        cls_form: str = "released",
     ) -> None:
+        if cls_form not in CLS_FORMS:
+            raise ValueError(f"cls_form must be one of {CLS_FORMS}, got {cls_form!r}")
         names = list(class_names) if class_names is not None else default_class_names(num_classes)
         if len(names) != num_classes:
             raise ValueError(f"num_classes={num_classes} but {len(names)} class names were given")
@@ -310,6 +317,7 @@ class RPN(SegmentationModel):
         self.img_size = spec.img_size
         self.vpt_tokens = vpt_tokens
         self.resample_h = resample_h
+        self.cls_form = cls_form
         self.calibration = float(calibration)
         self.focal_weight = float(focal_weight)
         self.dice_weight = float(dice_weight)
@@ -455,7 +463,7 @@ class RPN(SegmentationModel):
         """Raw logits ``B×C×H×W`` (before sigmoid and calibration)."""
         text = self.text_embeddings(class_names).to(image.device, image.dtype)
         b = image.shape[0]
-        x, grid = embed_image(self.image_encoder, image)
+        x, grid = embed_image(self.image_encoder, image, cls_form=self.cls_form)
         n = grid[0] * grid[1]
         h = self._relation_h(grid)
         vpt = self.prompt_dropout(self.prompt_proj(self.vpt))  # L×T×D
@@ -572,6 +580,7 @@ class RPN(SegmentationModel):
             "templates": list(self.text_cache.templates),
             "synonyms": None if self.synonyms is None else dict(self.synonyms),
             "resample_h": self.resample_h,
+            "cls_form": self.cls_form,
             "dropout": self.dropout_p,
             "aux_grid": self.aux_stem.grid if self.aux_stem is not None else 4,
             "focal_weight": self.focal_weight,
@@ -613,6 +622,8 @@ def rpn_from_config(
         dice_weight=config.get("dice_weight", 1.0),
         device=device,
         encoder_seed=config.get("encoder_seed", 0),
+        # checkpoints written before the option existed used the standard CLIP form
+        cls_form=config.get("cls_form", "clip"),
     )
     sha = config.get("clip", {}).get("weights_sha256")
     if weights is not None and sha and model.spec.weights_sha256 != sha:

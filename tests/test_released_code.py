@@ -219,3 +219,42 @@ def test_rpn_cls_form_default_and_old_checkpoints():
     assert (
         build_model("rpn", "rsprompt-tiny-clip", 2, img_size=64, cls_form="clip").cls_form == "clip"
     )
+
+
+def test_rpn_vpt_dropout_mask_per_sample_and_default_bias_init():
+    from rsprompt.models.registry import build_model
+
+    model = build_model("rpn", "rsprompt-tiny-clip", 2, img_size=64, dropout=0.5)
+    bound = 1 / math.sqrt(model.prompt_proj.in_features)  # PyTorch's default Linear bias init
+    bias = model.prompt_proj.bias.detach()
+    assert bias.abs().max() <= bound and bias.abs().max() > 0
+    seen = []
+    block0 = model.image_encoder.transformer.resblocks[0]
+    handle = block0.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach()))
+    model.train()
+    torch.manual_seed(0)
+    image = torch.randn(1, 3, 64, 64).expand(2, -1, -1, -1)  # the same image twice
+    with torch.no_grad():
+        model.forward_logits(image)
+    handle.remove()
+    tokens = seen[0][:, 1 : 1 + model.vpt_tokens]  # VPT tokens of block 0
+    assert not torch.equal(tokens[0], tokens[1])  # one dropout mask per sample
+    assert ((tokens[0] == 0) != (tokens[1] == 0)).any()
+
+
+def test_dplnet_mpg_and_head_init_as_released():
+    """Linear layers keep PyTorch's default init (weights and biases U(±1/sqrt(fan_in)), nonzero
+    biases); the fuse conv is kaiming-normal fan-out: std sqrt(2 / fan_out)."""
+    from rsprompt.models.methods.dplnet import MultimodalPromptGenerator, SegFormerMLPHead
+
+    torch.manual_seed(0)
+    mpg = MultimodalPromptGenerator(256)
+    for lin in (mpg.aux_proj, mpg.optical_proj, mpg.out_proj):
+        bound = 1 / math.sqrt(lin.in_features)
+        assert lin.bias.abs().max() > 0.5 * bound  # trunc-normal(0.02) init had zero biases
+        assert lin.weight.abs().max() <= bound
+        assert lin.weight.std() > 0.5 * bound / math.sqrt(3)  # uniform std = bound / sqrt(3)
+    head = SegFormerMLPHead([32, 64, 160, 256], 6, embed_dim=128)
+    assert head.linear_c[0].bias.abs().max() > 0
+    fuse = head.fuse[0].weight  # 128 out × 512 in, 1×1: fan_out = 128
+    assert abs(fuse.std().item() - math.sqrt(2 / 128)) < 0.01

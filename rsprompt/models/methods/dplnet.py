@@ -178,8 +178,7 @@ class MultimodalPromptGenerator(nn.Module):
             raise ValueError(f"MPG ratio {ratio} leaves no channels of width {dim}")
         self.aux_proj = nn.Linear(dim, hidden)
         self.optical_proj = nn.Linear(dim, hidden)
-        self.out_proj = nn.Linear(hidden, dim)
-        _init_linear(self)
+        self.out_proj = nn.Linear(hidden, dim)  # PyTorch's default init, as the released code
 
     def forward(self, optical: Tensor, aux: Tensor) -> Tensor:
         """Prompt tokens ``B×N×C`` from optical and aux tokens (both ``B×N×C``)."""
@@ -306,7 +305,9 @@ class SegFormerMLPHead(nn.Module):
         self.dropout = nn.Dropout2d(dropout)
         self.pred = nn.Conv2d(embed_dim, hidden_classes, 1)
         self.classifier = nn.Conv2d(hidden_classes, num_classes, 1)
-        _init_linear(self)
+        # Released code: PyTorch's default init for the Linear layers and mmcv's ConvModule init
+        # (kaiming normal, fan-out, ReLU gain) for the fuse convolution.
+        nn.init.kaiming_normal_(self.fuse[0].weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, features: Sequence[Tensor], size: tuple[int, int]) -> Tensor:
         """Logits ``B×K×H×W`` from the four ``B×C_i×H_i×W_i`` maps, resized to ``size``."""

@@ -341,7 +341,7 @@ class RPN(SegmentationModel):
                 nn.init.uniform_(self.vpt, -bound, bound)
                 nn.init.uniform_(self.relation_h, -bound, bound)
                 nn.init.kaiming_normal_(self.prompt_proj.weight, a=0, mode="fan_out")
-                nn.init.zeros_(self.prompt_proj.bias)
+                # the bias keeps PyTorch's default init, as in the released code
 
         self.templates = templates
         self.synonyms = synonyms
@@ -466,13 +466,13 @@ class RPN(SegmentationModel):
         x, grid = embed_image(self.image_encoder, image, cls_form=self.cls_form)
         n = grid[0] * grid[1]
         h = self._relation_h(grid)
-        vpt = self.prompt_dropout(self.prompt_proj(self.vpt))  # L×T×D
+        vpt = self.prompt_proj(self.vpt)  # L×T×D; dropout per sample below (released code)
         aux_tokens = self._aux_tokens(aux, aux_valid, image)
         blocks = self.image_encoder.transformer.resblocks
         relation: Tensor | None = None
         p = g = None
         for layer, block in enumerate(blocks):
-            parts = [x[:, :1], vpt[layer].unsqueeze(0).expand(b, -1, -1)]
+            parts = [x[:, :1], self.prompt_dropout(vpt[layer].unsqueeze(0).expand(b, -1, -1))]
             if aux_tokens is not None:
                 parts.append(aux_tokens + self.aux_stem.layer_embed[layer])
             if relation is not None:

@@ -72,3 +72,35 @@ def test_shape_mismatch():
         SegmentationMetrics(["a"]).update(torch.zeros(2, 2), torch.zeros(3, 3))
     with pytest.raises(ValueError, match="does not match"):
         metrics_from_confusion(torch.zeros(2, 2), ["a"])
+
+
+def test_labels_outside_the_classes_are_counted_and_warned_once(caplog):
+    """Labels outside 0..K-1 (not ignore) are left out, counted, named, and warned about once."""
+    m = SegmentationMetrics(["a", "b", "c"])
+    # 3 classes, ignore 255: the values 3, 7 and -1 are outside 0..2 (4 pixels), 255 is ignore.
+    target = torch.tensor([[0, 1, 2, 3], [7, 7, -1, 255]])
+    pred = torch.tensor([[0, 1, 1, 0], [0, 1, 2, 0]])
+    with caplog.at_level("WARNING", logger="rsprompt.engine.metrics"):
+        m.update(pred, target)
+        m.update(pred[:1], target[:1])  # one more out-of-range pixel (the 3), no second warning
+    r = m.compute()
+    # only the 3 + 3 in-range pixels count: a→a, b→b, c→b twice
+    assert r["pixels"] == 6 and r["oa"] == pytest.approx(4 / 6)
+    assert r["out_of_range_pixels"] == 5
+    assert r["out_of_range_values"] == [-1, 3, 7]
+    warnings = [rec for rec in caplog.records if "outside the classes" in rec.getMessage()]
+    assert len(warnings) == 1
+    assert "4 label pixel(s)" in warnings[0].getMessage()
+    assert "[-1, 3, 7]" in warnings[0].getMessage()
+    assert scalar_metrics(r, "val/")["val/out_of_range_pixels"] == 5.0
+    m.reset()
+    m.update(pred, torch.zeros_like(target))
+    assert m.compute()["out_of_range_pixels"] == 0
+
+
+def test_only_ignore_is_not_out_of_range(caplog):
+    m = SegmentationMetrics(["a", "b"], ignore_index=9)
+    with caplog.at_level("WARNING", logger="rsprompt.engine.metrics"):
+        m.update(torch.tensor([0, 1, 1]), torch.tensor([0, 9, 1]))
+    assert m.compute()["out_of_range_pixels"] == 0
+    assert not [rec for rec in caplog.records if "outside the classes" in rec.getMessage()]

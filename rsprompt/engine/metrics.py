@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,11 +33,16 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torchmetrics import Metric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from rsprompt.engine.zeroshot import harmonic_mean
 
+log = logging.getLogger(__name__)
+
 IGNORE_INDEX = 255
+#: At most this many distinct out-of-range label values are named in the warning.
+_VALUES_SHOWN = 10
 
 
 def isprs_mean_classes(class_names: Sequence[str]) -> list[int]:
@@ -109,6 +115,24 @@ def metrics_from_confusion(
     return out
 
 
+class _PixelCount(Metric):
+    """An exact (int64) pixel count, summed across DDP processes."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, count: Tensor) -> None:
+        """Add ``count`` pixels."""
+        self.count += count.to(self.count.device, torch.long)
+
+    def compute(self) -> Tensor:
+        """The total count."""
+        return self.count
+
+
 class SegmentationMetrics(nn.Module):
     """Accumulate a confusion matrix over batches and compute :func:`metrics_from_confusion`.
 
@@ -118,6 +142,13 @@ class SegmentationMetrics(nn.Module):
         mean_classes: Classes averaged into mIoU/mF1 (``None``: all).
         seen: Seen classes for the zero-shot metrics (``None``: not reported).
         unseen: Unseen classes.
+        warn: Log a warning (once per instance) when labels outside ``0..K-1`` (other than
+            ``ignore_index``) are found.
+
+    Labels outside ``0..K-1`` that are not ``ignore_index`` (a decoding error, a label raster of
+    another dataset) are left out of the confusion matrix, counted, and reported by
+    :meth:`compute` as ``out_of_range_pixels`` (with ``out_of_range_values``): they are never
+    silently dropped.
     """
 
     def __init__(
@@ -127,6 +158,7 @@ class SegmentationMetrics(nn.Module):
         mean_classes: Sequence[int] | None = None,
         seen: Sequence[int] | None = None,
         unseen: Sequence[int] | None = None,
+        warn: bool = True,
     ) -> None:
         super().__init__()
         self.class_names = list(class_names)
@@ -134,9 +166,14 @@ class SegmentationMetrics(nn.Module):
         self.mean_classes = None if mean_classes is None else list(mean_classes)
         self.seen = None if seen is None else list(seen)
         self.unseen = None if unseen is None else list(unseen)
+        self.warn = warn
         self.confmat = MulticlassConfusionMatrix(
             len(self.class_names), ignore_index=ignore_index, validate_args=False
         )
+        # A torchmetrics sum, so the count is synchronised across DDP processes like the matrix.
+        self.out_of_range = _PixelCount()
+        self.out_of_range_values: set[int] = set()
+        self._warned = False
 
     @property
     def num_classes(self) -> int:
@@ -152,32 +189,63 @@ class SegmentationMetrics(nn.Module):
                 f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ"
             )
         target = target.long()
-        # Labels outside 0..K-1 (other than ignore) would break the bincount: treat as ignore.
-        bad = (target < 0) | (target >= self.num_classes)
-        if bool(bad.any()):
+        # Labels outside 0..K-1 (other than ignore) would break the bincount: leave them out of
+        # the matrix, but count them (a decoding error must not silently inflate the scores).
+        bad = ((target < 0) | (target >= self.num_classes)) & (target != self.ignore_index)
+        count = int(bad.sum())
+        self.out_of_range.update(torch.tensor(count))
+        if count:
+            self._note_out_of_range(target[bad], count)
             target = target.masked_fill(bad, self.ignore_index)
         self.confmat.update(pred.long(), target)
+
+    def _note_out_of_range(self, values: Tensor, count: int) -> None:
+        """Remember the out-of-range label values; warn the first time."""
+        self.out_of_range_values.update(int(v) for v in values.unique().tolist())
+        if self.warn and not self._warned:
+            self._warned = True
+            shown = sorted(self.out_of_range_values)[:_VALUES_SHOWN]
+            log.warning(
+                "%d label pixel(s) hold value(s) %s outside the classes 0..%d (ignore index %d): "
+                "they are left out of the metrics and counted as out_of_range_pixels; check the "
+                "label decoding (label variant, keep_background, dataset)",
+                count,
+                shown,
+                self.num_classes - 1,
+                self.ignore_index,
+            )
 
     def confusion(self) -> Tensor:
         """The accumulated (DDP-synchronised) confusion matrix, int64 ``K×K``."""
         return self.confmat.compute().long()
 
+    def out_of_range_pixels(self) -> int:
+        """Label pixels outside ``0..K-1`` (not ``ignore_index``) seen since the last reset."""
+        if not self.out_of_range.update_count:
+            return 0
+        return int(self.out_of_range.compute())
+
     def compute(self) -> dict[str, Any]:
-        """Every metric of the accumulated confusion matrix."""
-        return metrics_from_confusion(
+        """Every metric of the accumulated confusion matrix, plus the out-of-range label count."""
+        out = metrics_from_confusion(
             self.confusion(), self.class_names, self.mean_classes, self.seen, self.unseen
         )
+        out["out_of_range_pixels"] = self.out_of_range_pixels()
+        out["out_of_range_values"] = sorted(self.out_of_range_values)
+        return out
 
     def reset(self) -> None:
-        """Clear the accumulated matrix."""
+        """Clear the accumulated matrix and the out-of-range count."""
         self.confmat.reset()
+        self.out_of_range.reset()
+        self.out_of_range_values = set()
 
 
 def scalar_metrics(result: dict[str, Any], prefix: str = "") -> dict[str, float]:
     """Scalar metrics for a logger: the means plus ``iou_<class>``/``f1_<class>``."""
     out = {
         f"{prefix}{k}": float(result[k])
-        for k in ("oa", "miou", "mf1", "miou_seen", "miou_unseen", "hiou")
+        for k in ("oa", "miou", "mf1", "miou_seen", "miou_unseen", "hiou", "out_of_range_pixels")
         if k in result
     }
     for name, iou, f1 in zip(result["classes"], result["iou"], result["f1"], strict=True):

@@ -169,9 +169,12 @@ def _collect_rng() -> dict[str, Any]:
         "python_version": random.getstate()[0],
         "python_gauss": random.getstate()[2],
     }
+    # The whole legacy state, incl. the cached second Gaussian of the Box-Muller pair.
     np_state = np.random.get_state()  # noqa: NPY002 — the global state is what we restore
     state["numpy"] = torch.from_numpy(np_state[1].astype(np.int64))
     state["numpy_pos"] = int(np_state[2])
+    state["numpy_has_gauss"] = int(np_state[3])
+    state["numpy_cached_gauss"] = float(np_state[4])
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -181,7 +184,13 @@ def _restore_rng(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
     np.random.set_state(  # noqa: NPY002
-        ("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0)
+        (
+            "MT19937",
+            state["numpy"].numpy().astype(np.uint32),
+            state["numpy_pos"],
+            int(state.get("numpy_has_gauss", 0)),  # older resume checkpoints lack these two
+            float(state.get("numpy_cached_gauss", 0.0)),
+        )
     )
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

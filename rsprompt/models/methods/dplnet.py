@@ -496,6 +496,14 @@ class DPLNet(SegmentationModel):
         x = x + blk.drop_path(attn + mfa(q_out[0], *kv))
         return x + blk.drop_path(blk.mlp(blk.norm2(x), h, w))
 
+    def checkpoint_units(self) -> list[nn.Module]:
+        """Frozen units for activation checkpointing: the Mix-FFN of every MiT block.
+
+        The blocks themselves are not called as a whole (the MFA sits inside their attention),
+        so their feed-forward parts, the widest activations, are what can be recomputed.
+        """
+        return [blk.mlp for s in range(4) for blk in getattr(self.encoder, f"block{s + 1}")]
+
     def forward_features(
         self, image: Tensor, aux: Tensor | None = None, aux_valid: Tensor | None = None
     ) -> list[Tensor]:

@@ -4,12 +4,20 @@
 checkpoint's normalisation (``rsprompt.data.normalize``) and predicts any number of scenes with
 :func:`~rsprompt.inference.predictor.predict_scene`. Statistics that the checkpoint's aux
 normalisation takes per training tile (DSM min–max, nDSM ground) are computed once per scene.
+
+A checkpoint whose normalisation has no aux part was trained on the raw aux values (zero where
+invalid, ``rsprompt.data.datasets.base``): predict feeds them raw as well. The nDSM ground grid is
+sized in metres, geodesically for a geographic-CRS scene. Before predicting, a scene whose sampled
+values lie far outside the range the checkpoint's optical normalisation expects (a uint16 or
+reflectance scene for a model trained on 8-bit imagery) gets a warning; a scene that turns out to
+have no valid pixel gets a warning too (its map is entirely nodata).
 """
 
 from __future__ import annotations
 
 import colorsys
 import dataclasses
+import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +28,17 @@ import torch
 
 from rsprompt.data.labels import CLASS_TABLES, ClassTable
 from rsprompt.inference.reader import AuxStats, PredictError
-from rsprompt.inference.summary import PredictSummary
+from rsprompt.inference.summary import PredictSummary, pixel_size_m
+
+#: A scene is far from the optical normalisation's range ``[0, scale]`` when its sampled 99th
+#: percentile exceeds ``scale`` by this factor, or is below ``scale`` divided by it, or its 1st
+#: percentile is below ``-scale / RANGE_FACTOR``.
+RANGE_FACTOR = 2.0
+#: ... and the low end: a 99th percentile under ``scale / LOW_FACTOR`` (0..1 reflectance for a
+#: model trained on 0..255).
+LOW_FACTOR = 20.0
+#: A min–max aux normalisation fitted over a scene this many times the training patch warns.
+SCENE_PATCH_FACTOR = 4
 
 AUX_KINDS = ("dsm", "sar")
 
@@ -68,6 +86,9 @@ class CheckpointNormalizer:
     Per-tile aux statistics (DSM ``minmax``, ``ndsm`` ground grid) are fitted once on scene-wide
     statistics (:meth:`fit`), never per window.
 
+    Without an aux normaliser (``normalization.aux is None``) the aux is passed through raw,
+    zero where invalid, as the training datasets fed it.
+
     Args:
         normalization: The checkpoint's ``Normalization``.
         pixel_size: Scene pixel size in metres (ground estimation of ``ndsm``).
@@ -79,8 +100,9 @@ class CheckpointNormalizer:
         aux = normalization.aux
         mode = getattr(aux, "mode", None)
         self.needs_aux_stats = getattr(aux, "kind", "") == "dsm" and mode in ("minmax", "ndsm")
-        # A scene-wide min–max compresses heights; an nDSM ground grid is local.
-        self.stats_compress_with_scene_size = mode == "minmax"
+        # A scene-wide min–max compresses heights, but CheckpointPredictor warns about it itself
+        # (with what the checkpoint records); predict_scene's generic warning is not repeated.
+        self.stats_compress_with_scene_size = False
         self.ground_cell_px: int | None = (
             max(1, round(aux.cell_m / self.pixel_size)) if mode == "ndsm" else None
         )
@@ -111,8 +133,11 @@ class CheckpointNormalizer:
     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """Normalise one window (numpy in, numpy out)."""
         img = self.norm.optical.apply(image)
-        if aux is None or self.norm.aux is None:
+        if aux is None:
             return img, None, None
+        if self.norm.aux is None:  # trained on the raw aux (zero where invalid)
+            av = np.ones(aux.shape[-2:], bool) if aux_valid is None else aux_valid.astype(bool)
+            return img, np.where(av[None], aux, np.float32(0.0)).astype(np.float32), av
         a, av = self.norm.aux.apply(aux, self.stats, valid=aux_valid, offset=offset)
         return img, a, av[0]
 
@@ -219,10 +244,11 @@ class CheckpointPredictor:
         from rsprompt.inference.predictor import predict_scene
 
         args = self._scene_args(scene, aux, aux_kind)
+        self._preflight(scene, args["bands"], with_aux=aux is not None)
         patch = self.meta.get("patch_size") or 512
         window = int(window or patch)
         overlap = int(overlap if overlap is not None else window // 4)
-        return predict_scene(
+        summary = predict_scene(
             scene,
             self.model,
             out_path,
@@ -235,6 +261,50 @@ class CheckpointPredictor:
             **args,
             **kwargs,
         )
+        if summary.nodata_pixels >= summary.width * summary.height:
+            warnings.warn(
+                f"scene {scene} has no valid pixel (every pixel is nodata, NaN or masked): the "
+                f"map {out_path} is entirely nodata",
+                UserWarning,
+                stacklevel=2,
+            )
+        return summary
+
+    def _preflight(self, scene: str | Path, bands: list[int] | None, *, with_aux: bool) -> None:
+        """Warnings before predicting: values far from the training range, a scene-wide min–max.
+
+        Raises:
+            PredictError: If the scene cannot be opened or read (see ``SceneReader``).
+        """
+        from rsprompt.inference.reader import SceneReader
+
+        if self.normalization is None:
+            return
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # predict_scene's own reader gives the warnings
+            reader = SceneReader(scene, bands=bands)
+        with reader:
+            _warn_value_range(reader, self.normalization.optical)
+            height, width = reader.height, reader.width
+        patch = self.meta.get("patch_size")
+        mode = getattr(self.normalization.aux, "mode", None)
+        if (
+            with_aux
+            and mode == "minmax"
+            and patch
+            and max(height, width) > SCENE_PATCH_FACTOR * patch
+        ):
+            warnings.warn(
+                "this checkpoint's DSM min–max normalisation was fitted over each training tile "
+                f"as a whole (the checkpoint does not record the tiles' size; the model saw "
+                f"{patch} px patches cut from them); over scene {Path(scene).name} "
+                f"({width}×{height} px) it is fitted once over the whole scene, which compresses "
+                "the heights the model sees when the scene spans a wider height range than a "
+                "training tile. Prefer an nDSM (height above ground) or a checkpoint trained "
+                "with global statistics.",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def check(
         self, scene: str | Path, *, aux: str | Path | None = None, aux_kind: str | None = None
@@ -259,8 +329,6 @@ class CheckpointPredictor:
         self, scene: str | Path, aux: str | Path | None, aux_kind: str | None
     ) -> dict[str, Any]:
         """Checks of the aux modality, and the normalisation/band arguments of a scene."""
-        import rasterio
-
         if aux is not None:
             if self.aux_channels == 0 or self.aux_kind is None:
                 raise PredictError(
@@ -290,15 +358,8 @@ class CheckpointPredictor:
                 expected = len(optical.mean)
             norm = dataclasses.replace(self.normalization, optical=optical)
             pixel = 1.0
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    src = rasterio.open(scene)
-                with src:
-                    if src.crs is not None and src.crs.is_projected:
-                        pixel = abs(src.transform.a) * float(src.crs.linear_units_factor[1])
-            except Exception:
-                pass  # predict_scene reports unreadable scenes with a clear message
+            if aux is not None and getattr(norm.aux, "mode", None) == "ndsm":
+                pixel = _ground_pixel_size(Path(scene))
             norm_fn = CheckpointNormalizer(norm, pixel)
         return {
             "normalize": norm_fn,
@@ -306,6 +367,60 @@ class CheckpointPredictor:
             "expected_bands": expected,
             "aux_channels": self.aux_channels if aux is not None else None,
         }
+
+
+def _ground_pixel_size(scene: Path) -> float:
+    """Pixel size of ``scene`` in metres for an nDSM ground grid (geodesic when geographic).
+
+    The side of a square of the pixel's ground area (``sqrt(x · y)``): pixels of a geographic CRS
+    are narrower east–west than north–south away from the equator.
+
+    Raises:
+        PredictError: If the scene cannot be opened, is not georeferenced, or its CRS has no
+            unit that converts to metres.
+    """
+    from rsprompt.inference.reader import _check_georeferenced, _open
+
+    src = _open(scene, "scene")
+    _check_georeferenced(src, scene, "scene")
+    with src:
+        size = pixel_size_m(src.crs, src.transform, src.height, src.width)
+        crs = src.crs
+    if size is None:
+        raise PredictError(
+            f"scene {scene}: its CRS ({crs}) has no unit that converts to metres, but the "
+            "checkpoint's nDSM normalisation sizes its ground grid in metres; reproject the "
+            "scene first (e.g. gdalwarp -t_srs to a UTM zone)"
+        )
+    return math.sqrt(size[0] * size[1])
+
+
+def _warn_value_range(reader: Any, optical: Any) -> None:
+    """Warn when the scene's sampled values are far from ``[0, optical.scale]``.
+
+    The checkpoint's optical normalisation divides by ``scale`` (255 for 8-bit imagery) and then
+    standardises with the encoder's mean and std: it expects values in ``[0, scale]``. A uint16
+    scene (0..10 000) or a reflectance scene (0..1) given to a model trained on 8-bit imagery
+    yields a confident but meaningless map.
+    """
+    values = reader.sample_values()
+    if values.size == 0:
+        return
+    lo, hi = (float(v) for v in np.percentile(values, [1, 99]))
+    scale = float(optical.scale)
+    if lo >= -scale / LOW_FACTOR and scale / LOW_FACTOR <= hi <= RANGE_FACTOR * scale:
+        return
+    dtype = reader.src.dtypes[reader.bands[0] - 1]
+    mean = ", ".join(f"{m:g}" for m in optical.mean)
+    std = ", ".join(f"{s:g}" for s in optical.std)
+    warnings.warn(
+        f"scene {reader.scene_path} ({dtype}, sampled values {lo:g} to {hi:g}, 1st–99th "
+        f"percentile) is far from the range this checkpoint was trained on (0 to {scale:g}: "
+        f"values are divided by {scale:g}, then standardised with mean {mean} and std {std}); "
+        f"the map will be unreliable. Rescale the scene to 0–{scale:g} first.",
+        UserWarning,
+        stacklevel=4,
+    )
 
 
 def predict_from_checkpoint(

@@ -6,33 +6,43 @@ rasterio :class:`~rasterio.vrt.WarpedVRT`, so only the windows being predicted a
 aux raster at least twice as coarse as the scene is warped onto a coarser scene-aligned grid and
 upsampled bilinearly (much less warping work; see :class:`SceneReader`).
 
-Validity: a scene pixel is valid unless all its bands equal the scene's nodata value (or NaN), or
-the file's internal mask says so; an alpha band is *not* treated as a mask (a 4-band uint8 image
-is usually RGB + NIR, see ENVIRONMENT.md). An aux pixel is valid where the warped aux has data
-(outside the aux's extent and at its nodata value it has none).
+Validity (one rule, :mod:`rsprompt.data.validity`): a band value is valid when it is finite and
+differs from the file's nodata value (a nodata value the file's data type cannot represent is
+ignored, with a warning); the file's internal mask is honoured. A scene pixel is valid when at least
+one band is; an alpha band is *not* treated as a mask (a 4-band uint8 image is usually RGB + NIR,
+see ENVIRONMENT.md). An aux pixel is valid when every band is, inside the aux's extent; the same
+rule holds for the reads on the scene's grid, the warped reads and the scene-wide statistics.
+
+Scenes and aux rasters may be north-up or south-up (positive pixel height); rotated geotransforms
+are refused.
 
 Every problem with an input (missing, corrupt, not georeferenced, no overlap, wrong band count)
-raises :class:`PredictError` naming the file, before any output is created.
+raises :class:`PredictError` naming the file, before any output is created; a block that cannot
+be read later in the run (a corrupt tile in the middle of a file) raises :class:`PredictError`
+naming the file too.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import rasterio
+from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
 from rasterio.enums import MaskFlags, Resampling
-from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
 from rasterio.transform import Affine
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window as RioWindow
 
+from rsprompt.data.validity import band_valid, representable, usable_nodata, valid_pixels
 from rsprompt.inference.windows import Window
 
 #: ``(image, valid, aux, aux_valid, (row, col))`` → the same four arrays, for a whole strip.
@@ -108,27 +118,53 @@ def _check_georeferenced(src: rasterio.io.DatasetReader, path: Path, role: str) 
         raise PredictError(f"{role} {path} has a rotated geotransform; warp it north-up first")
 
 
-def _probe(src: rasterio.io.DatasetReader, path: Path, role: str) -> None:
-    """Read one small block so a truncated/corrupt file fails now, not halfway through."""
+@contextmanager
+def _read_errors(path: Path | None, role: str) -> Iterator[None]:
+    """Turn a read error of ``path`` (a corrupt block, a vanished file) into :class:`PredictError`."""
     try:
-        h, w = min(src.height, 64), min(src.width, 64)
-        src.read(1, window=RioWindow(0, 0, w, h))
-        src.read(1, window=RioWindow(src.width - w, src.height - h, w, h))
-    except (RasterioIOError, rasterio.errors.RasterioError) as exc:
-        src.close()
+        yield
+    except (RasterioError, CPLE_BaseError) as exc:
+        detail = " ".join(str(exc).split()) or type(exc).__name__
         raise PredictError(
-            f"{role} {path}: cannot read pixels, the file is corrupt ({exc})"
+            f"cannot read pixels of {role} {path}: the file is corrupt ({detail})"
         ) from None
 
 
-def _valid_from_nodata(data: np.ndarray, nodata: float | None) -> np.ndarray:
-    """Pixels where not all bands are nodata/NaN (``data``: C×H×W)."""
-    invalid = np.zeros(data.shape[1:], dtype=bool)
-    if np.issubdtype(data.dtype, np.floating):
-        invalid = np.isnan(data).all(axis=0)
-    if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
-        invalid |= (data == np.asarray(nodata, dtype=data.dtype)).all(axis=0)
-    return ~invalid
+def _probe(src: rasterio.io.DatasetReader, path: Path, role: str) -> None:
+    """Read one small block so a truncated/corrupt file fails now, not halfway through."""
+    try:
+        with _read_errors(path, role):
+            h, w = min(src.height, 64), min(src.width, 64)
+            src.read(1, window=RioWindow(0, 0, w, h))
+            src.read(1, window=RioWindow(src.width - w, src.height - h, w, h))
+    except PredictError:
+        src.close()
+        raise
+
+
+def _usable_nodata(src: rasterio.io.DatasetReader, path: Path, role: str) -> float | None:
+    """The file's nodata value, or ``None`` (with a warning) when its data type cannot hold it."""
+    nodata = src.nodata
+    if nodata is not None and not representable(nodata, src.dtypes[0]):
+        warnings.warn(
+            f"{role} {path}: its nodata value {nodata!r} cannot be represented in its data type "
+            f"{src.dtypes[0]}; it is ignored (no pixel is taken as nodata)",
+            UserWarning,
+            stacklevel=3,
+        )
+    return usable_nodata(nodata, src.dtypes[0])
+
+
+def _internal_mask(src: rasterio.io.DatasetReader) -> bool:
+    """Whether the file has an internal (per-dataset) mask; an alpha band is not one."""
+    flags = src.mask_flag_enums[0]
+    return MaskFlags.per_dataset in flags and MaskFlags.alpha not in flags
+
+
+def _extent(bounds: Sequence[float]) -> tuple[float, float, float, float]:
+    """``(xmin, ymin, xmax, ymax)`` of rasterio bounds (south-up rasters have bottom > top)."""
+    left, bottom, right, top = bounds
+    return min(left, right), min(bottom, top), max(left, right), max(bottom, top)
 
 
 def _resolution_ratio(aux: rasterio.io.DatasetReader, scene: rasterio.io.DatasetReader) -> float:
@@ -137,9 +173,9 @@ def _resolution_ratio(aux: rasterio.io.DatasetReader, scene: rasterio.io.Dataset
 
     try:
         tr, _, _ = calculate_default_transform(
-            aux.crs, scene.crs, aux.width, aux.height, *aux.bounds
+            aux.crs, scene.crs, aux.width, aux.height, *_extent(aux.bounds)
         )
-    except Exception:
+    except (RasterioError, CPLE_BaseError, ValueError):
         return 0.0
     return min(abs(tr.a) / abs(scene.transform.a), abs(tr.e) / abs(scene.transform.e))
 
@@ -237,14 +273,6 @@ class _RunningStats:
         )
 
 
-def _aux_valid(data: np.ndarray, nodata: float | None) -> np.ndarray:
-    """Aux pixels (``data``: A×H×W) where every band is finite and none equals ``nodata``."""
-    ok = np.isfinite(data).all(axis=0)
-    if nodata is not None and not math.isnan(nodata):
-        ok &= ~(data == np.float32(nodata)).any(axis=0)
-    return ok
-
-
 def _cell_minima(values: np.ndarray, valid: np.ndarray, cell: int) -> np.ndarray:
     """Minimum over ``cell × cell`` blocks of an ``h×w`` array (NaN where no valid pixel)."""
     h, w = values.shape
@@ -301,7 +329,7 @@ class SceneReader:
             _check_georeferenced(self.src, self.scene_path, "scene")
             _probe(self.src, self.scene_path, "scene")
             self.bands = self._select_bands(bands, expected_bands)
-            self.nodata = self.src.nodata
+            self.nodata = _usable_nodata(self.src, self.scene_path, "scene")
             self._mask_band = None
             if self.nodata is None:
                 flags = self.src.mask_flag_enums[self.bands[0] - 1]
@@ -357,22 +385,22 @@ class SceneReader:
                 f"aux raster {self.aux_path} has {src.count} band(s) but the model takes "
                 f"{aux_channels}"
             )
-        # Overlap test in the aux's CRS (densified edges).
+        # Overlap test in the aux's CRS (densified edges); either raster may be south-up.
         try:
-            sb = transform_bounds(self.src.crs, src.crs, *self.src.bounds, densify_pts=21)
-        except Exception as exc:
+            sb = transform_bounds(self.src.crs, src.crs, *_extent(self.src.bounds), densify_pts=21)
+        except (RasterioError, CPLE_BaseError, ValueError) as exc:
             raise PredictError(
                 f"aux raster {self.aux_path}: cannot transform the scene's extent to its CRS "
                 f"({exc})"
             ) from None
-        ab = src.bounds
-        if not (sb[0] < ab.right and sb[2] > ab.left and sb[1] < ab.top and sb[3] > ab.bottom):
+        ab = _extent(src.bounds)
+        if not (sb[0] < ab[2] and sb[2] > ab[0] and sb[1] < ab[3] and sb[3] > ab[1]):
             raise PredictError(
                 f"aux raster {self.aux_path} does not overlap scene {self.scene_path} "
                 f"(scene extent in the aux CRS {tuple(round(v, 3) for v in sb)}, aux extent "
                 f"{tuple(round(v, 3) for v in ab)})"
             )
-        src_nodata = src.nodata
+        src_nodata = _usable_nodata(src, self.aux_path, "aux raster")
         # An aux raster f× coarser than the scene is warped onto a scene-aligned grid f× coarser
         # (1/f² of GDAL's warping work) and upsampled bilinearly in read_aux.
         bilinear = resampling == Resampling.bilinear
@@ -403,8 +431,7 @@ class SceneReader:
         # of pixels away) is read as it is: no warping at all.
         self._aligned = _grid_offset(src, self.src)
         self._src_nodata = src_nodata
-        flags = src.mask_flag_enums[0]
-        self._aux_mask = MaskFlags.per_dataset in flags and MaskFlags.alpha not in flags
+        self._aux_mask = _internal_mask(src)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -434,13 +461,17 @@ class SceneReader:
 
     # ------------------------------------------------------------------ reading
     def read_scene(self, win: Window) -> tuple[np.ndarray, np.ndarray]:
-        """Optical window as float32 ``C×h×w`` plus its validity (bool ``h×w``)."""
+        """Optical window as float32 ``C×h×w`` plus its validity (bool ``h×w``).
+
+        Non-finite values (NaN, ±inf) become 0; a pixel whose bands are all invalid is invalid.
+        """
         rw = RioWindow(win.col, win.row, win.width, win.height)
-        raw = self.src.read(self.bands, window=rw)
-        if self._mask_band is not None:
-            valid = self.src.read_masks(self._mask_band, window=rw) > 0
-        else:
-            valid = _valid_from_nodata(raw, self.nodata)
+        with _read_errors(self.scene_path, "scene"):
+            raw = self.src.read(self.bands, window=rw)
+            mask = None
+            if self._mask_band is not None:
+                mask = self.src.read_masks(self._mask_band, window=rw)
+        valid = valid_pixels(raw, self.nodata, mask=mask, every_band=False)
         image = raw.astype(np.float32, copy=False)
         if np.issubdtype(raw.dtype, np.floating):
             image = np.nan_to_num(image, nan=0.0, posinf=0.0, neginf=0.0)
@@ -474,24 +505,59 @@ class SceneReader:
         r1, c1 = min(win.row_end + d_row, src.height), min(win.col_end + d_col, src.width)
         if r1 <= r0 or c1 <= c0:
             return aux, valid
-        data = src.read(window=RioWindow(c0, r0, c1 - c0, r1 - r0)).astype(np.float32, copy=False)
-        ok = _aux_valid(data, self._src_nodata)
-        if self._aux_mask:
-            ok &= src.read_masks(1, window=RioWindow(c0, r0, c1 - c0, r1 - r0)) > 0
-        data[:, ~ok] = 0.0
+        data, ok = self._read_source(RioWindow(c0, r0, c1 - c0, r1 - r0))
         rs = slice(r0 - d_row - win.row, r1 - d_row - win.row)
         cs = slice(c0 - d_col - win.col, c1 - d_col - win.col)
         aux[:, rs, cs] = data
         valid[rs, cs] = ok
         return aux, valid
 
+    def _read_source(self, rw: RioWindow) -> tuple[np.ndarray, np.ndarray]:
+        """A window of the aux raster's own pixels as float32 (0 where invalid) plus validity."""
+        src = self._aux_src
+        assert src is not None
+        with _read_errors(self.aux_path, "aux raster"):
+            raw = src.read(window=rw)
+            mask = src.read_masks(1, window=rw) if self._aux_mask else None
+        ok = valid_pixels(raw, self._src_nodata, mask=mask)
+        data = raw.astype(np.float32, copy=False)
+        data[:, ~ok] = 0.0
+        return data, ok
+
     def _read_warped(self, rw: RioWindow) -> tuple[np.ndarray, np.ndarray]:
         """A window of the warped aux grid (0 where invalid) plus its validity."""
         assert self.vrt is not None
-        aux = self.vrt.read(window=rw)
-        valid = _aux_valid(aux, self._aux_nodata)
+        with _read_errors(self.aux_path, "aux raster"):
+            aux = self.vrt.read(window=rw)
+        valid = valid_pixels(aux, self._aux_nodata)
         aux[:, ~valid] = 0.0
         return aux, valid
+
+    def sample_values(self, per_axis: int = 3, side: int = 128) -> np.ndarray:
+        """Values of the selected bands at the valid pixels of a few windows over the scene.
+
+        ``per_axis × per_axis`` windows of ``side`` pixels, spread evenly (a cheap look at the
+        scene's value range; the whole scene when it is small).
+
+        Returns:
+            1-D float64 array of the sampled valid values (every selected band).
+        """
+        h, w = min(side, self.height), min(side, self.width)
+        rows = np.linspace(0, self.height - h, per_axis).round().astype(int)
+        cols = np.linspace(0, self.width - w, per_axis).round().astype(int)
+        values = []
+        for r in np.unique(rows):
+            for c in np.unique(cols):
+                win = Window(int(r), int(c), h, w)
+                rw = RioWindow(win.col, win.row, w, h)
+                with _read_errors(self.scene_path, "scene"):
+                    raw = self.src.read(self.bands, window=rw)
+                    mask = None
+                    if self._mask_band is not None:
+                        mask = self.src.read_masks(self._mask_band, window=rw)
+                sel = raw[:, valid_pixels(raw, self.nodata, mask=mask, every_band=False)]
+                values.append(sel[band_valid(sel, self.nodata)].astype(np.float64))
+        return np.concatenate(values) if values else np.zeros(0)
 
     def row_reader(self, prepare: StripFn | None = None) -> RowStripReader:
         """A reader of windows that reads (and warps) each row of windows once.
@@ -504,86 +570,102 @@ class SceneReader:
     def aux_statistics(self, block_rows: int = 512, ground_cell: int | None = None) -> AuxStats:
         """Per-band min/max/mean/std over the valid aux pixels of the whole scene grid.
 
-        A streaming pre-pass over row strips (memory: one strip). When the scene has no nodata
-        and no ground grid is asked for, the aux raster's own pixels inside the scene's footprint
-        are read (no warping: fast, and bilinear warping never leaves their range); otherwise
-        the warped aux is read on the scene's grid and only pixels valid in both count.
+        A streaming pre-pass over row strips (memory: one strip). When every scene pixel holds
+        data (an integer scene without nodata or mask) and no ground grid is asked for, the aux
+        raster's own pixels inside the scene's footprint are read (no warping: fast, and bilinear
+        warping never leaves their range); otherwise the warped aux is read on the scene's grid
+        and only pixels valid in both count. Both routes honour the aux's nodata value, NaN/±inf
+        and its internal mask.
 
         Args:
             block_rows: Rows per strip.
             ground_cell: Also compute the per-cell minima of band 1 on cells of this many pixels.
 
         Raises:
-            PredictError: If the aux raster has no valid pixel inside the scene.
+            PredictError: If the scene has no valid pixel, or the aux raster has no valid pixel
+                where the scene has data.
         """
         assert self.vrt is not None
-        if not ground_cell and self.nodata is None and self._mask_band is None:
+        scene_may_lack_data = (
+            self.nodata is not None
+            or self._mask_band is not None
+            or np.issubdtype(np.dtype(self.src.dtypes[self.bands[0] - 1]), np.floating)
+        )
+        if not ground_cell and not scene_may_lack_data:
             return self._aux_statistics_source()
         stats = _RunningStats(self.vrt.count)
         minima: list[np.ndarray] = []
+        scene_pixels = 0
         if ground_cell:
             block_rows = max(1, -(-block_rows // ground_cell)) * ground_cell
         for row in range(0, self.height, block_rows):
             h = min(block_rows, self.height - row)
             win = Window(row, 0, h, self.width)
-            aux, valid = self.read_aux(win)
             _, svalid = self.read_scene(win)
+            scene_pixels += int(svalid.sum())
+            aux, valid = self.read_aux(win)
             valid &= svalid
             if ground_cell:
                 minima.append(_cell_minima(aux[0], valid, ground_cell))
             stats.add(aux[:, valid])
+        if scene_pixels == 0:
+            raise PredictError(
+                f"scene {self.scene_path} has no valid pixel (every pixel is nodata, NaN or "
+                "masked): there is nothing to predict"
+            )
         if stats.count == 0:
             raise PredictError(
-                f"aux raster {self.aux_path} has no valid pixel inside scene {self.scene_path}"
+                f"aux raster {self.aux_path} has no valid pixel where scene {self.scene_path} "
+                "has data"
             )
         return stats.result(
             cell=ground_cell or None,
             cell_min=np.concatenate(minima, axis=0) if minima else None,
         )
 
+    def _source_window(self, geom_bounds: Sequence[float]) -> RioWindow | None:
+        """The aux raster's pixels covering ``geom_bounds`` (aux CRS), or ``None`` if none."""
+        src = self._aux_src
+        assert src is not None
+        x0, y0, x1, y1 = geom_bounds
+        inv = ~src.transform
+        cols, rows = zip(*(inv @ (x, y) for x in (x0, x1) for y in (y0, y1)), strict=True)
+        c0, c1 = max(0, math.floor(min(cols))), min(src.width, math.ceil(max(cols)))
+        r0, r1 = max(0, math.floor(min(rows))), min(src.height, math.ceil(max(rows)))
+        if c1 <= c0 or r1 <= r0:
+            return None
+        return RioWindow(c0, r0, c1 - c0, r1 - r0)
+
     def _aux_statistics_source(self, block_rows: int = 1024) -> AuxStats:
         """:meth:`aux_statistics` over the aux raster's own pixels inside the scene's footprint."""
         from rasterio.features import geometry_mask
         from rasterio.warp import transform_geom
-        from rasterio.windows import from_bounds
         from shapely.geometry import box, mapping, shape
 
         src = self._aux_src
         assert src is not None
-        b = self.src.bounds
-        side = max(b.right - b.left, b.top - b.bottom)
-        footprint = box(*b).segmentize(side / 64)
+        x0, y0, x1, y1 = _extent(self.src.bounds)
+        footprint = box(x0, y0, x1, y1).segmentize(max(x1 - x0, y1 - y0) / 64)
         geom = shape(transform_geom(self.src.crs, src.crs, mapping(footprint)))
-        full = RioWindow(0, 0, src.width, src.height)
-        try:
-            fw = from_bounds(*geom.bounds, transform=src.transform)
-            c0, r0 = int(np.floor(fw.col_off)), int(np.floor(fw.row_off))
-            c1 = int(np.ceil(fw.col_off + fw.width))
-            r1 = int(np.ceil(fw.row_off + fw.height))
-            win = RioWindow(c0, r0, c1 - c0, r1 - r0).intersection(full)
-        except rasterio.errors.WindowError:
-            raise PredictError(
-                f"aux raster {self.aux_path} has no valid pixel inside scene {self.scene_path}"
-            ) from None
+        win = self._source_window(geom.bounds)
         stats = _RunningStats(src.count)
-        nodata = src.nodata
         # In the scene's CRS the footprint is the window itself (edge pixels count, as with
         # all_touched): no polygon mask needed.
         needs_mask = src.crs != self.src.crs
-        for r in range(int(win.row_off), int(win.row_off + win.height), block_rows):
-            h = min(block_rows, int(win.row_off + win.height) - r)
-            strip = RioWindow(int(win.col_off), r, int(win.width), h)
-            data = src.read(window=strip).astype(np.float32, copy=False)
-            valid = _aux_valid(data, nodata)
-            if needs_mask:
-                valid &= geometry_mask(
-                    [mapping(geom)],
-                    out_shape=(h, int(win.width)),
-                    transform=src.window_transform(strip),
-                    invert=True,
-                    all_touched=True,
-                )
-            stats.add(data[:, valid])
+        if win is not None:
+            for r in range(win.row_off, win.row_off + win.height, block_rows):
+                h = min(block_rows, win.row_off + win.height - r)
+                strip = RioWindow(win.col_off, r, win.width, h)
+                data, valid = self._read_source(strip)
+                if needs_mask:
+                    valid &= geometry_mask(
+                        [mapping(geom)],
+                        out_shape=(h, win.width),
+                        transform=src.window_transform(strip),
+                        invert=True,
+                        all_touched=True,
+                    )
+                stats.add(data[:, valid])
         if stats.count == 0:
             raise PredictError(
                 f"aux raster {self.aux_path} has no valid pixel inside scene {self.scene_path}"

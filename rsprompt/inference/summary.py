@@ -2,11 +2,58 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pyproj.exceptions import CRSError as ProjCRSError
 from rasterio.crs import CRS
+from rasterio.errors import CRSError as RioCRSError
 from rasterio.transform import Affine
+
+
+def _geod(crs: CRS):
+    """The pyproj ``Geod`` of ``crs``'s ellipsoid (WGS84 when it names none)."""
+    from pyproj import CRS as ProjCRS
+    from pyproj import Geod
+
+    geod = ProjCRS.from_user_input(crs.to_wkt()).get_geod()
+    return geod if geod is not None else Geod(ellps="WGS84")
+
+
+def pixel_size_m(
+    crs: CRS, transform: Affine, height: int, width: int
+) -> tuple[float, float] | None:
+    """Ground size ``(x, y)`` in metres of one pixel (geographic CRS: geodesic, at the centre).
+
+    Projected CRS: the pixel size times the CRS's linear unit. Geographic CRS: the geodesic
+    distance (on the CRS's ellipsoid) of one pixel step east and one pixel step north from the
+    scene's centre.
+
+    Returns:
+        ``None`` when there is no CRS or it has no usable unit.
+    """
+    if crs is None:
+        return None
+    if crs.is_projected:
+        try:
+            factor = float(crs.linear_units_factor[1])
+        except (RioCRSError, ValueError, TypeError):  # CRS without a linear unit
+            return None
+        return abs(transform.a) * factor, abs(transform.e) * factor
+    if not crs.is_geographic:
+        return None
+    try:
+        geod = _geod(crs)
+    except (ProjCRSError, RioCRSError):
+        return None
+    x0, y0 = transform @ (width / 2, height / 2)
+    x1, y1 = transform @ (width / 2 + 1, height / 2 + 1)
+    _, _, dx = geod.inv(x0, y0, x1, y0)
+    _, _, dy = geod.inv(x0, y0, x0, y1)
+    if not (math.isfinite(dx) and math.isfinite(dy)) or dx <= 0 or dy <= 0:
+        return None
+    return float(dx), float(dy)
 
 
 def pixel_area_m2(crs: CRS, transform: Affine, height: int, width: int) -> float | None:
@@ -20,19 +67,17 @@ def pixel_area_m2(crs: CRS, transform: Affine, height: int, width: int) -> float
     if crs.is_projected:
         try:
             factor = float(crs.linear_units_factor[1])
-        except Exception:  # CRS without a linear unit
+        except (RioCRSError, ValueError, TypeError):  # CRS without a linear unit
             return None
         return area * factor * factor
     try:
-        from pyproj import Geod
-
-        geod = Geod(ellps="WGS84")
-        x0, y0 = transform * (width / 2, height / 2)
-        x1, y1 = transform * (width / 2 + 1, height / 2 + 1)
-        poly_area, _ = geod.polygon_area_perimeter([x0, x1, x1, x0], [y0, y0, y1, y1])
-        return abs(poly_area)
-    except Exception:
+        geod = _geod(crs)
+    except (ProjCRSError, RioCRSError):
         return None
+    x0, y0 = transform @ (width / 2, height / 2)
+    x1, y1 = transform @ (width / 2 + 1, height / 2 + 1)
+    poly_area, _ = geod.polygon_area_perimeter([x0, x1, x1, x0], [y0, y0, y1, y1])
+    return abs(poly_area)
 
 
 @dataclass

@@ -470,3 +470,13 @@ def test_scene_wide_minmax_warning_names_the_patch_as_a_patch(tmp_path, minmax_c
     assert len(hits) == 1
     assert "48 px patches" in hits[0] and "(210×100 px)" in hits[0] and "nDSM" in hits[0]
     assert "training tile (48 px)" not in hits[0]  # 48 is the patch, not the tile
+
+
+# ----------------------------------------------------------- probe F23: window 0 is an error
+def test_window_zero_is_refused_not_replaced_by_the_default(tmp_path, minmax_ckpt):
+    scene = write_raster(tmp_path / "s.tif", scene_array(32, 32))
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(PredictError, match="window"):
+        CheckpointPredictor(minmax_ckpt).predict(scene, out / "m.tif", window=0, progress=False)
+    assert list(out.iterdir()) == []

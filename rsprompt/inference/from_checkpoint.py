@@ -9,8 +9,9 @@ A checkpoint whose normalisation has no aux part was trained on the raw aux valu
 invalid, ``rsprompt.data.datasets.base``): predict feeds them raw as well. The nDSM ground grid is
 sized in metres, geodesically for a geographic-CRS scene. Before predicting, a scene whose sampled
 values lie far outside the range the checkpoint's optical normalisation expects (a uint16 or
-reflectance scene for a model trained on 8-bit imagery) gets a warning; a scene that turns out to
-have no valid pixel gets a warning too (its map is entirely nodata).
+reflectance scene for a model trained on 8-bit imagery) gets a warning. A scene without any valid
+pixel is refused, naming the scene, when the scene-wide aux statistics are computed (a DSM with a
+min–max or nDSM checkpoint); otherwise its map is written, entirely nodata, with a warning.
 """
 
 from __future__ import annotations
@@ -237,7 +238,7 @@ class CheckpointPredictor:
             aux: DSM or SAR raster.
             aux_kind: What ``aux`` is (``"dsm"`` for ``--dem``, ``"sar"`` for ``--sar``); checked
                 against the checkpoint.
-            window: Window side (default: the training patch size, else 512).
+            window: Window side (default: the training patch size, else 512; must be >= 1).
             overlap: Window overlap (default: a quarter of the window).
             **kwargs: More :func:`predict_scene` options.
         """
@@ -246,7 +247,7 @@ class CheckpointPredictor:
         args = self._scene_args(scene, aux, aux_kind)
         self._preflight(scene, args["bands"], with_aux=aux is not None)
         patch = self.meta.get("patch_size") or 512
-        window = int(window or patch)
+        window = int(patch if window is None else window)  # 0 is an error, not "default"
         overlap = int(overlap if overlap is not None else window // 4)
         summary = predict_scene(
             scene,

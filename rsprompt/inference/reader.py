@@ -401,6 +401,7 @@ class SceneReader:
                 f"{tuple(round(v, 3) for v in ab)})"
             )
         src_nodata = _usable_nodata(src, self.aux_path, "aux raster")
+        warp_nodata = src.nodata if representable(src.nodata, src.dtypes[0]) else None
         # An aux raster f× coarser than the scene is warped onto a scene-aligned grid f× coarser
         # (1/f² of GDAL's warping work) and upsampled bilinearly in read_aux.
         bilinear = resampling == Resampling.bilinear
@@ -420,8 +421,9 @@ class SceneReader:
             width=-(-self.src.width // f) + 2 * pad,
             height=-(-self.src.height // f) + 2 * pad,
             resampling=resampling,
-            src_nodata=src_nodata,
-            nodata=src_nodata if src_nodata is not None else -3.4e38,
+            # GDAL's warper leaves a NaN nodata out of its kernels: pass it on as it is.
+            src_nodata=warp_nodata,
+            nodata=warp_nodata if warp_nodata is not None else -3.4e38,
             dtype="float32",
             add_alpha=False,
             **scale_opts,

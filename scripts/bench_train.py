@@ -10,9 +10,19 @@ each in its own process (clean peak memory: CUDA peak allocated, or the process'
 CPU), prints them side by side with the ratio, and the checkpoint size of both (rsprompt's
 ``model.ckpt`` versus the full state dict that fine-tuning must save).
 
+Besides the peak memory of the process, it counts the bytes autograd saves for the backward pass
+in one step (saved activations: deterministic, unlike the RSS on a shared machine).
+
+``--precision`` runs forward and loss under autocast (``auto`` resolves as ``rsprompt``:
+bf16 where the hardware has it); ``--checkpoint-frozen`` recomputes the frozen encoder's blocks in
+the backward pass (prompt tuning only: full fine-tuning has no frozen part).
+
 Example::
 
     python scripts/bench_train.py --method mobanet --encoder resnet18 --size 128 --batch 4
+    python scripts/bench_train.py --method mobanet --encoder vit_small_patch14_dinov2 --size 266 \
+        --batch 4 --precision bf16 --checkpoint-frozen
+    python scripts/bench_train.py --method dplnet --encoder mit_b0 --size 256 --batch 4
     python scripts/bench_train.py --method gopt --encoder vit_base_patch16_224 --device cuda
 """
 
@@ -44,17 +54,48 @@ def _build(args: argparse.Namespace):
     )
 
 
+def _step(model: Any, image: Any, aux: Any, target: Any, dev: Any, precision: str) -> Any:
+    from rsprompt.engine.precision import autocast
+
+    with autocast(dev, precision):
+        out = model(image, aux)
+        out = out if isinstance(out, dict) else {"logits": out}
+        return model.compute_loss(out, target)["loss"]
+
+
+def _saved_bytes(model: Any, image: Any, aux: Any, target: Any, dev: Any, precision: str) -> int:
+    """Bytes autograd saves for the backward pass of one step."""
+    import torch
+
+    sizes: dict[int, int] = {}
+
+    def pack(t: Any) -> Any:
+        sizes[id(t)] = t.numel() * t.element_size()  # a tensor saved twice counts once
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = _step(model, image, aux, target, dev, precision)
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return sum(sizes.values())
+
+
 def _run(mode: str, args: argparse.Namespace, queue: Any) -> None:
     import torch
 
     from rsprompt.engine.checkpoint import save_model_checkpoint
+    from rsprompt.engine.precision import resolve_precision
+    from rsprompt.models.checkpointing import set_frozen_checkpointing
 
     torch.manual_seed(0)
     dev = torch.device(args.device)
+    precision = resolve_precision(args.precision, dev)
     model = _build(args)
     if mode == "full":
         for p in model.parameters():
             p.requires_grad_(True)
+    elif args.checkpoint_frozen:
+        set_frozen_checkpointing(model)
     model.to(dev).train()
     g = torch.Generator().manual_seed(0)
     image = torch.randn(args.batch, 3, args.size, args.size, generator=g).to(dev)
@@ -67,6 +108,7 @@ def _run(mode: str, args: argparse.Namespace, queue: Any) -> None:
     )
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
+    saved = _saved_bytes(model, image, aux, target, dev, precision)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     times = []
@@ -74,9 +116,7 @@ def _run(mode: str, args: argparse.Namespace, queue: Any) -> None:
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         t0 = time.perf_counter()
-        out = model(image, aux)
-        out = out if isinstance(out, dict) else {"logits": out}
-        loss = model.compute_loss(out, target)["loss"]
+        loss = _step(model, image, aux, target, dev, precision)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -100,6 +140,8 @@ def _run(mode: str, args: argparse.Namespace, queue: Any) -> None:
             "mode": mode,
             "step_s": statistics.median(times),
             "peak_bytes": peak,
+            "saved_bytes": saved,
+            "precision": precision,
             "trainable": sum(p.numel() for p in params),
             "ckpt_bytes": size,
         }
@@ -132,40 +174,56 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    parser.add_argument("--precision", default="32", help="auto, 32, bf16 or 16 (autocast).")
+    parser.add_argument(
+        "--checkpoint-frozen",
+        action="store_true",
+        help="Prompt tuning recomputes the frozen blocks in the backward pass.",
+    )
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
     prompt = _measure("prompt", args)
     full = _measure("full", args)
-    print(f"{args.method} on {args.encoder}, batch {args.batch}×{args.size}², {args.device}")
-    print(f"{'':<22}{'prompt tuning':>18}{'full fine-tuning':>20}{'full / prompt':>16}")
+    ckpt = ", frozen blocks checkpointed" if args.checkpoint_frozen else ""
+    print(
+        f"{args.method} on {args.encoder}, batch {args.batch}×{args.size}², {args.device}, "
+        f"precision {prompt['precision']}{ckpt}"
+    )
+    print(f"{'':<22}{'prompt tuning':>18}{'full fine-tuning':>20}{'prompt / full':>16}")
     rows = [
         (
             "trainable params",
             f"{prompt['trainable']:,}",
             f"{full['trainable']:,}",
-            full["trainable"] / prompt["trainable"],
+            prompt["trainable"] / full["trainable"],
         ),
         (
             "step time",
             f"{prompt['step_s'] * 1e3:,.1f} ms",
             f"{full['step_s'] * 1e3:,.1f} ms",
-            full["step_s"] / prompt["step_s"],
+            prompt["step_s"] / full["step_s"],
         ),
         (
             "peak memory" + (" (RSS)" if args.device == "cpu" else ""),
             _mb(prompt["peak_bytes"]),
             _mb(full["peak_bytes"]),
-            full["peak_bytes"] / prompt["peak_bytes"],
+            prompt["peak_bytes"] / full["peak_bytes"],
+        ),
+        (
+            "saved activations",
+            _mb(prompt["saved_bytes"]),
+            _mb(full["saved_bytes"]),
+            prompt["saved_bytes"] / full["saved_bytes"],
         ),
         (
             "checkpoint size",
             _mb(prompt["ckpt_bytes"]),
             _mb(full["ckpt_bytes"]),
-            full["ckpt_bytes"] / prompt["ckpt_bytes"],
+            prompt["ckpt_bytes"] / full["ckpt_bytes"],
         ),
     ]
     for name, a, b, ratio in rows:
-        print(f"{name:<22}{a:>18}{b:>20}{ratio:>15.2f}×")
+        print(f"{name:<22}{a:>18}{b:>20}{ratio:>15.3g}×")
 
 
 def _cuda() -> bool:

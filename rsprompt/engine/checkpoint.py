@@ -9,9 +9,10 @@ A model checkpoint never holds the frozen encoder. It holds:
   the normalisation of both modalities, bands, patch size, ignore index…
 
 Loading rebuilds the model with :func:`~rsprompt.models.registry.build_model` and refuses an
-encoder that differs from the one used in training (a weights file with another sha256, or a
-rebuilt random encoder whose fingerprint differs). Files are read with
-``torch.load(weights_only=True)``.
+encoder that differs from the one used in training (a weights file, or the file behind
+``weights="package"``, with another sha256; a rebuilt random or hub encoder whose fingerprint
+differs). Files are read with ``torch.load(weights_only=True)`` (:func:`load_trusted`): nothing in
+a checkpoint is executed.
 
 Example:
     >>> meta = model_meta(model, dataset="vaihingen", ...)  # doctest: +SKIP
@@ -21,9 +22,10 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
+import pickle
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ import torch
 
 from rsprompt import __version__
 from rsprompt.models.base import SegmentationModel
+from rsprompt.models.weights import package_weights_file, sha256_file
 
 FORMAT = "rsprompt-model"
 VERSION = 1
@@ -43,31 +46,26 @@ class CheckpointError(ValueError):
     """A checkpoint cannot be read or does not match (message names the file and the problem)."""
 
 
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def weights_record(weights: str | Path | None) -> dict[str, Any] | None:
     """``{"path", "sha256"}`` of an encoder weights file (``None`` for a random encoder).
 
-    ``"package"``/``"hub"`` are recorded with ``sha256`` ``None``.
+    ``"package"`` is recorded with the sha256 of the file the package ships; ``"hub"`` (weights
+    in the library's download cache) with ``sha256`` ``None``: the checkpoint then records a
+    fingerprint of the loaded encoder instead (see :func:`model_meta`).
 
     Raises:
-        FileNotFoundError: If ``weights`` names a file that does not exist.
+        FileNotFoundError: If ``weights`` names a file that does not exist (or the package is
+            not installed).
     """
     if weights is None:
         return None
     if str(weights) in SPECIAL_WEIGHTS:
-        return {"path": str(weights), "sha256": None}
+        shipped = package_weights_file(str(weights))
+        return {"path": str(weights), "sha256": None if shipped is None else sha256_file(shipped)}
     path = Path(weights).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"encoder weights file not found: {path}")
-    return {"path": str(path.resolve()), "sha256": file_sha256(path)}
+    return {"path": str(path.resolve()), "sha256": sha256_file(path)}
 
 
 def encoder_fingerprint(model: SegmentationModel) -> dict[str, float]:
@@ -116,6 +114,7 @@ def model_meta(
     label_variant: str | None = None,
     patch_size: int | None = None,
     ignore_index: int = 255,
+    fingerprint: dict[str, float] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
     """Assemble the ``meta`` of a model checkpoint.
@@ -135,6 +134,8 @@ def model_meta(
         label_variant: Label variant trained on (e.g. ``"eroded"``).
         patch_size: Training crop size.
         ignore_index: Label ignored by losses and metrics.
+        fingerprint: :func:`encoder_fingerprint` of the model, when already computed; recorded
+            whenever the weights have no sha256 (random or hub encoder).
         **extra: More keys to record (e.g. ``unseen_classes``, ``mean_classes``).
 
     Raises:
@@ -144,6 +145,10 @@ def model_meta(
         raise ValueError(f"{len(classes)} class names for a model with {model.num_classes} classes")
     record = weights if isinstance(weights, dict) or weights is None else weights_record(weights)
     norm = normalization.to_dict() if hasattr(normalization, "to_dict") else normalization
+    if record is None or not record.get("sha256"):
+        fingerprint = fingerprint or encoder_fingerprint(model)
+    else:
+        fingerprint = None
     meta: dict[str, Any] = {
         "method": model.method,
         "encoder": model.encoder_name,
@@ -152,7 +157,7 @@ def model_meta(
         "model_kwargs": dict(model_kwargs or {}),
         "weights": record,
         "encoder_seed": None if encoder_seed is None else int(encoder_seed),
-        "encoder_fingerprint": encoder_fingerprint(model) if record is None else None,
+        "encoder_fingerprint": fingerprint,
         "classes": [str(c) for c in classes],
         "colors": None if colors is None else [[int(v) for v in c] for c in colors],
         "normalization": norm,
@@ -193,6 +198,40 @@ def save_model_checkpoint(path: str | Path, model: SegmentationModel, meta: dict
     return _atomic_save(obj, Path(path))
 
 
+def _unpickling_detail(error: BaseException) -> str:
+    """The line of torch's refusal that names what was refused (never its advice to retry)."""
+    for line in str(error).splitlines():
+        line = line.strip()
+        if line.startswith(("Trying to load unsupported GLOBAL", "Unsupported global")):
+            return f" ({line.split('.', 1)[0] if line.startswith('Unsupported') else line})"
+    return ""
+
+
+def load_trusted(path: str | Path, what: str = "checkpoint") -> Any:
+    """Read a torch file with ``weights_only=True``; one-line errors that name the file.
+
+    Nothing in the file is executed: an object other than tensors and plain containers is refused.
+    The message never repeats torch's advice to retry with ``weights_only=False``.
+
+    Raises:
+        CheckpointError: Unreadable, corrupt, truncated, or holding Python objects.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path}: not a readable, trusted rsprompt {what}: it is corrupt, not a PyTorch "
+            f"file, or holds Python objects besides tensors and plain data"
+            f"{_unpickling_detail(e)}, which rsprompt never unpickles"
+        ) from None
+    except Exception as e:
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise CheckpointError(
+            f"{path}: not a readable {what} (corrupt, truncated or not a PyTorch file): "
+            f"{type(e).__name__}{': ' + first if first else ''}"
+        ) from None
+
+
 def read_model_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read and validate a model checkpoint file without building the model.
 
@@ -202,13 +241,7 @@ def read_model_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: model checkpoint not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(
-            f"{path}: not a readable checkpoint (corrupt, truncated or not a PyTorch file): "
-            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        ) from e
+    obj = load_trusted(path)
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         if isinstance(obj, dict) and "pytorch-lightning_version" in obj:
             raise CheckpointError(
@@ -227,10 +260,38 @@ def read_model_checkpoint(path: str | Path) -> dict[str, Any]:
     return obj
 
 
+def _unverified(source: str | Path, record: dict[str, Any], what: str) -> None:
+    """Warn that a checkpoint (written before weights were hashed) cannot be verified."""
+    warnings.warn(
+        f"{source}: the checkpoint records no sha256 for its encoder weights "
+        f"({record.get('path')!r}; written by an older rsprompt), so {what} cannot be verified "
+        f"against the encoder this model was trained with",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
+def _check_sha(
+    source: str | Path, record: dict[str, Any], file: Path, digest: str, hint: str
+) -> None:
+    if digest != record["sha256"]:
+        raise CheckpointError(
+            f"{source}: encoder weights {file} (sha256 {digest[:12]}…) do not match the encoder "
+            f"this model was trained with ({record['path']}, sha256 {record['sha256'][:12]}…); "
+            f"{hint}"
+        )
+
+
 def resolve_encoder_weights(
     meta: dict[str, Any], weights: str | Path | None = None, source: str | Path = "checkpoint"
 ) -> str | None:
-    """The weights file to rebuild the encoder with, after checking its sha256.
+    """The weights to rebuild the encoder with, after checking their sha256.
+
+    A file (recorded, or given as ``weights``) must have the recorded sha256; ``"package"``
+    weights are the file the installed package ships, hashed the same way. ``"hub"`` weights
+    have no file here: :func:`load_model_checkpoint` compares the rebuilt encoder's fingerprint.
+    Checkpoints written before weights were hashed (``sha256`` null and no fingerprint) still
+    load, with a warning.
 
     Args:
         meta: Checkpoint meta.
@@ -249,8 +310,29 @@ def resolve_encoder_weights(
                 f"(encoder_seed {meta.get('encoder_seed')}); do not pass --weights"
             )
         return None
+    if not isinstance(record, dict) or not isinstance(record.get("path"), str):
+        raise CheckpointError(f"{source}: malformed encoder weights record {record!r}")
     path = str(weights) if weights is not None else record["path"]
+    recorded = record.get("sha256")
     if path in SPECIAL_WEIGHTS:
+        try:
+            shipped = package_weights_file(path)
+        except FileNotFoundError as e:
+            raise CheckpointError(f"{source}: {e}") from None
+        if shipped is None:  # hub weights: the fingerprint is checked once the encoder is built
+            if recorded:
+                raise CheckpointError(
+                    f"{source}: the model was trained with the weights file {record['path']}; "
+                    f"{path!r} weights cannot be checked against it: pass --weights PATH"
+                )
+            if not meta.get("encoder_fingerprint"):
+                _unverified(source, record, f"the {path!r} weights")
+            return path
+        if recorded:
+            hint = "install the package version used in training, or pass --weights PATH"
+            _check_sha(source, record, shipped, sha256_file(shipped), hint)
+        else:
+            _unverified(source, record, f"the installed package's weights {shipped}")
         return path
     p = Path(path).expanduser()
     if not p.is_file():
@@ -258,14 +340,10 @@ def resolve_encoder_weights(
             f"{source}: the encoder weights file {p} was not found (the model was trained with "
             f"{record['path']}); if the file moved, pass --weights PATH"
         )
-    if record.get("sha256"):
-        digest = file_sha256(p)
-        if digest != record["sha256"]:
-            raise CheckpointError(
-                f"{source}: encoder weights {p} (sha256 {digest[:12]}…) do not match the encoder "
-                f"this model was trained with ({record['path']}, sha256 {record['sha256'][:12]}…); "
-                f"pass --weights PATH with the original file"
-            )
+    if recorded:
+        _check_sha(source, record, p, sha256_file(p), "pass --weights PATH with the original file")
+    elif not meta.get("encoder_fingerprint"):
+        _unverified(source, record, f"the weights file {p}")
     return str(p)
 
 
@@ -323,6 +401,28 @@ def build_from_meta(
         raise CheckpointError(f"{source}: meta lacks {e}") from e
 
 
+def _check_fingerprint(path: str | Path, meta: dict[str, Any], model: SegmentationModel) -> None:
+    """Compare the rebuilt encoder with the recorded fingerprint (random or hub encoders)."""
+    expected = meta.get("encoder_fingerprint")
+    if not expected:
+        return
+    if not isinstance(expected, dict):
+        raise CheckpointError(f"{path}: malformed encoder fingerprint {expected!r}")
+    got = encoder_fingerprint(model)
+    if _fingerprints_match(expected, got):
+        return
+    if meta.get("weights") is None:
+        what = f"the rebuilt random encoder {meta['encoder']} (seed {meta.get('encoder_seed')})"
+        why = "was it trained with another library version?"
+    else:
+        what = f"the encoder {meta['encoder']} rebuilt with {meta['weights'].get('path')!r} weights"
+        why = "the downloaded weights have changed since training; pass --weights PATH"
+    raise CheckpointError(
+        f"{path}: {what} differs from the one this model was trained on (fingerprint "
+        f"{expected} vs {got}); {why}"
+    )
+
+
 def load_model_checkpoint(
     path: str | Path, *, weights: str | None = None, device: str | torch.device = "cpu"
 ) -> tuple[SegmentationModel, dict[str, Any]]:
@@ -343,15 +443,7 @@ def load_model_checkpoint(
     obj = read_model_checkpoint(path)
     meta = obj["meta"]
     model = build_from_meta(meta, weights, source=path)
-    expected = meta.get("encoder_fingerprint")
-    if meta.get("weights") is None and expected:
-        got = encoder_fingerprint(model)
-        if not _fingerprints_match(expected, got):
-            raise CheckpointError(
-                f"{path}: the rebuilt random encoder {meta['encoder']} (seed "
-                f"{meta.get('encoder_seed')}) differs from the one this model was trained on "
-                f"(fingerprint {expected} vs {got}); was it trained with another library version?"
-            )
+    _check_fingerprint(path, meta, model)
     try:
         model.load_adapter_state_dict(obj["state_dict"])
     except (KeyError, RuntimeError) as e:

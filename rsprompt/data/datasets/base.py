@@ -292,23 +292,14 @@ class MultimodalTileDataset(GeoDataset):
                 self._aux_stats[position] = {}
             else:
                 src = self._open(tile.aux)
-                raw, covered = read_on_grid(
-                    src, grids.aux, grids.image, [1], Resampling.bilinear, fill=np.nan
+                raw, valid = read_on_grid(
+                    src, grids.aux, grids.image, [1], Resampling.bilinear, np.nan, valid_only=True
                 )
-                raw = raw.astype(np.float32)
-                valid = covered & self._nodata_ok(raw[0], src.nodata)
-                stats = norm.fit(raw[0], valid, res=grids.image.res[0])
+                stats = norm.fit(raw[0].astype(np.float32), valid, res=grids.image.res[0])
                 if "ground" in stats:  # keep the ground grid compact in memory
                     stats["ground"] = np.asarray(stats["ground"], np.float32)
                 self._aux_stats[position] = stats
         return self._aux_stats[position]
-
-    @staticmethod
-    def _nodata_ok(raw: np.ndarray, nodata: float | None) -> np.ndarray:
-        ok = np.isfinite(raw)
-        if nodata is not None and np.isfinite(nodata):
-            ok &= raw != nodata
-        return ok
 
     def _read_tile_piece(self, position: int, dst: Grid) -> dict[str, np.ndarray]:
         tile, grids = self.tiles[position], self.grids[position]
@@ -319,9 +310,11 @@ class MultimodalTileDataset(GeoDataset):
         piece: dict[str, np.ndarray] = {"image": image.astype(np.float32), "covered": covered}
         if tile.aux is not None and grids.aux is not None:
             src = self._open(tile.aux)
-            raw, acov = read_on_grid(src, grids.aux, dst, None, Resampling.bilinear, np.nan)
+            raw, acov = read_on_grid(
+                src, grids.aux, dst, None, Resampling.bilinear, np.nan, valid_only=True
+            )
             raw = raw.astype(np.float32)
-            valid = acov & covered & self._nodata_ok(raw, src.nodata).all(axis=0)
+            valid = acov & covered
             norm = self.normalization.aux if self.normalization is not None else None
             if norm is not None:
                 off = self._offset(grids.image, dst)

@@ -1,0 +1,184 @@
+"""Hardening of the training-side reads, ``rsprompt data check`` and ``rsprompt synth``.
+
+Issue 13 items 7 (aux nodata blended into valid pixels by the warp) and 13 (corrupt blocks,
+``data check`` passing broken tiles), bad-input probe F8, F22, F27 and the set-up note (the default
+``synth --layout`` output could not be trained on with the shipped configs).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import Affine
+
+from rsprompt.data.datasets import Potsdam
+from rsprompt.data.datasets._raster import CorruptRasterError
+from rsprompt.data.normalize import DSMNormalizer, Normalization, OpticalNormalizer
+
+HERE = Path(__file__).parent
+pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+
+NODATA = -9999.0
+LOW, HIGH = 10.0, 20.0  # the only valid heights of the test DSMs
+
+
+def load_make(name: str):
+    spec = importlib.util.spec_from_file_location(f"make_{name}", HERE / "data" / name / "make.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def potsdam_tile(root: Path, size: int = 48) -> dict[str, Path]:
+    """One tiny Potsdam tile 2_10 (5 cm, EPSG:32633) under ``root``."""
+    return load_make("potsdam").make(root, tiles=("2_10",), size=size)["2_10"]
+
+
+def two_level_dsm(h: int, w: int, hole: tuple[slice, slice]) -> np.ndarray:
+    """West half LOW, east half HIGH, a NODATA hole: every valid height is LOW or HIGH."""
+    dsm = np.full((h, w), LOW, np.float32)
+    dsm[:, w // 2 :] = HIGH
+    dsm[hole] = NODATA
+    return dsm
+
+
+def write_dsm(path: Path, data: np.ndarray, transform: Affine, **profile) -> None:
+    path.unlink()
+    kw = {
+        "driver": "GTiff",
+        "width": data.shape[1],
+        "height": data.shape[0],
+        "count": 1,
+        "dtype": "float32",
+        "crs": "EPSG:32633",
+        "transform": transform,
+        **profile,
+    }
+    with rasterio.open(path, "w", **kw) as dst:
+        dst.write(data[None])
+
+
+def minmax_dataset(root: Path) -> Potsdam:
+    norm = Normalization(OpticalNormalizer(), DSMNormalizer(mode="minmax"))
+    return Potsdam(root, tiles=["2_10"], normalization=norm)
+
+
+def identity_dataset(root: Path) -> Potsdam:
+    """Raw heights out (global mode with mean 0, std 1 is the identity)."""
+    norm = Normalization(OpticalNormalizer(), DSMNormalizer(mode="global"))
+    return Potsdam(root, tiles=["2_10"], normalization=norm)
+
+
+# ------------------------------------------------------------------ item 7 / audit 2.3
+def test_warped_aux_never_blends_the_nodata_value(tmp_path):
+    """A DSM at 7 cm with a 1/3-pixel offset (not aligned with the 5 cm tile) and a -9999 hole."""
+    paths = potsdam_tile(tmp_path)
+    with rasterio.open(paths["image_rgb"]) as src:
+        t = src.transform  # 5 cm, 48×48 px: 2.4 m a side
+    # 7 cm pixels from 0.03 m west/north of the tile: 36×36 px (2.52 m) cover it.
+    transform = Affine(0.07, 0, t.c - 0.03, 0, -0.07, t.f + 0.03)
+    dsm = two_level_dsm(36, 36, (slice(10, 18), slice(12, 20)))  # hole across the LOW/HIGH edge
+    write_dsm(paths["dsm"], dsm, transform, nodata=NODATA)
+    valid_src = dsm[dsm != NODATA]
+    expected = {"min": float(valid_src.min()), "max": float(valid_src.max())}
+    assert expected == {"min": LOW, "max": HIGH}  # by construction
+
+    ds = minmax_dataset(tmp_path)
+    assert ds.grids[0].aux.res == pytest.approx((0.07, 0.07))
+    assert ds.aux_stats(0) == pytest.approx(expected)
+
+    tile = identity_dataset(tmp_path).read_tile("2_10")
+    heights, valid = tile["aux"][0], tile["aux_valid"][0] > 0
+    # Bilinear weights are convex: a valid pixel is a blend of LOW and HIGH only.
+    assert heights[valid].min() >= LOW - 1e-4 and heights[valid].max() <= HIGH + 1e-4
+    # The hole's centre (DSM pixel (14, 16), centre 14.5·0.07 - 0.03 = 0.985 m from the tile's
+    # north edge, 16.5·0.07 - 0.03 = 1.125 m from its west edge) is invalid on the tile grid:
+    # tile pixel (0.985 / 0.05, 1.125 / 0.05) = (19, 22).
+    assert not valid[19, 22]
+    # Far from the hole every pixel is valid.
+    assert valid[:5].all() and valid[-5:].all()
+
+
+def test_aligned_aux_honours_its_internal_mask(tmp_path):
+    """A DSM on the tile's own grid, no nodata value, masked pixels stored as 0."""
+    paths = potsdam_tile(tmp_path)
+    with rasterio.open(paths["image_rgb"]) as src:
+        transform = src.transform
+    dsm = two_level_dsm(48, 48, (slice(0, 0), slice(0, 0)))
+    dsm[20:30, 5:40] = 0.0  # stored under the mask
+    mask = np.full((48, 48), 255, np.uint8)
+    mask[20:30, 5:40] = 0
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+        write_dsm(paths["dsm"], dsm, transform)
+        with rasterio.open(paths["dsm"], "r+") as dst:
+            dst.write_mask(mask)
+    with rasterio.open(paths["dsm"]) as src:  # the mask is internal, not an .msk sidecar
+        assert src.nodata is None and (src.read_masks(1) == mask).all()
+    assert not paths["dsm"].with_name(paths["dsm"].name + ".msk").exists()
+
+    assert minmax_dataset(tmp_path).aux_stats(0) == pytest.approx({"min": LOW, "max": HIGH})
+    tile = identity_dataset(tmp_path).read_tile("2_10")
+    np.testing.assert_array_equal(tile["aux_valid"][0] > 0, mask > 0)
+
+
+def test_warped_aux_honours_its_internal_mask(tmp_path):
+    paths = potsdam_tile(tmp_path)
+    with rasterio.open(paths["image_rgb"]) as src:
+        t = src.transform
+    transform = Affine(0.07, 0, t.c - 0.03, 0, -0.07, t.f + 0.03)
+    dsm = two_level_dsm(36, 36, (slice(0, 0), slice(0, 0)))
+    dsm[10:18, 12:20] = 0.0
+    mask = np.full((36, 36), 255, np.uint8)
+    mask[10:18, 12:20] = 0
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+        write_dsm(paths["dsm"], dsm, transform)
+        with rasterio.open(paths["dsm"], "r+") as dst:
+            dst.write_mask(mask)
+    assert minmax_dataset(tmp_path).aux_stats(0) == pytest.approx({"min": LOW, "max": HIGH})
+
+
+# ------------------------------------------------------------------ probe F8
+def corrupt_middle_block(path: Path, block: tuple[int, int] = (1, 1)) -> None:
+    """Overwrite one inner block of a tiled GeoTIFF with garbage (header untouched)."""
+    with rasterio.open(path) as src:
+        assert src.block_shapes[0] == (64, 64)
+        i, j = block
+        offset = int(src.get_tag_item(f"BLOCK_OFFSET_{i}_{j}", "TIFF", bidx=1))
+        size = int(src.get_tag_item(f"BLOCK_SIZE_{i}_{j}", "TIFF", bidx=1))
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(b"\xff" * size)
+
+
+def rewrite_tiled(path: Path) -> None:
+    """Rewrite ``path`` deflate-compressed with 64×64 blocks (same pixels and georeferencing)."""
+    with rasterio.open(path) as src:
+        data, profile = src.read(), src.profile
+    profile.update(tiled=True, blockxsize=64, blockysize=64, compress="deflate")
+    path.unlink()
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+
+
+@pytest.mark.parametrize("role", ["image_rgb", "dsm", "label"])
+def test_corrupt_middle_block_is_a_clear_error_naming_the_file(tmp_path, role):
+    paths = potsdam_tile(tmp_path, size=192)  # 3×3 blocks of 64 px
+    rewrite_tiled(paths[role])
+    corrupt_middle_block(paths[role])
+    with rasterio.open(paths[role]) as src:  # header, first and last blocks still read
+        src.read(window=((0, 64), (0, 64)))
+        src.read(window=((128, 192), (128, 192)))
+    ds = Potsdam(tmp_path, tiles=["2_10"])
+    with pytest.raises(CorruptRasterError) as err:
+        ds.read_tile("2_10")
+    assert isinstance(err.value, ValueError)
+    assert str(err.value).startswith(f"cannot read {paths[role]}: the file is corrupt (")
+    # a window away from the damaged block still reads
+    g = ds.grids[0].image
+    x0, y1 = g.transform.c, g.transform.f
+    sample = ds[x0 : x0 + 32 * 0.05, y1 - 32 * 0.05 : y1]
+    assert sample["image"].shape[-2:] == (32, 32)

@@ -182,3 +182,21 @@ def test_corrupt_middle_block_is_a_clear_error_naming_the_file(tmp_path, role):
     x0, y1 = g.transform.c, g.transform.f
     sample = ds[x0 : x0 + 32 * 0.05, y1 - 32 * 0.05 : y1]
     assert sample["image"].shape[-2:] == (32, 32)
+
+
+def test_corrupt_error_keeps_its_message_first_through_a_dataloader_worker(tmp_path):
+    from torch._utils import ExceptionWrapper
+
+    from rsprompt.data.datasets._raster import corrupt_error
+
+    path = tmp_path / "dsm.tif"
+    try:
+        raise corrupt_error(path, OSError("IReadBlock failed at X offset 1, Y offset 1"))
+    except CorruptRasterError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(CorruptRasterError) as err:
+        wrapped.reraise()  # what the DataLoader does in the main process
+    first = str(err.value).splitlines()[0]
+    assert first == (
+        f"cannot read {path}: the file is corrupt (IReadBlock failed at X offset 1, Y offset 1)"
+    )

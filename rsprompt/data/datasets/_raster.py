@@ -123,7 +123,19 @@ class Grid:
 
 
 class CorruptRasterError(ValueError):
-    """A raster whose header opens but whose pixel blocks cannot be read (a damaged file)."""
+    """A raster whose header opens but whose pixel blocks cannot be read (a damaged file).
+
+    The message's first line is always ``cannot read PATH: the file is corrupt (...)``, also when
+    PyTorch's DataLoader re-raises the error of a worker process (it rebuilds the exception from
+    ``"Caught CorruptRasterError in DataLoader worker …"`` followed by the worker's traceback).
+    """
+
+    def __init__(self, message: str = "") -> None:
+        marker = f"{type(self).__name__}: "
+        if not message.startswith("cannot read ") and marker in message:
+            ours = message.rsplit(marker, 1)[1].strip().splitlines()[0]
+            message = f"{ours}\n{message}"
+        super().__init__(message)
 
 
 def corrupt_error(path: str | Path, exc: BaseException) -> CorruptRasterError:

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import warnings
 from pathlib import Path
 
 import engine_fixtures as ef
+import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
+from test_configs import _make, tiny_args
 
 import rsprompt.models.weights as weights_mod
+from rsprompt.cli import main
 from rsprompt.engine.checkpoint import (
     CheckpointError,
     _check_fingerprint,
@@ -22,6 +27,7 @@ from rsprompt.engine.checkpoint import (
     save_model_checkpoint,
     weights_record,
 )
+from rsprompt.engine.cli_train import run_train
 from rsprompt.engine.task import _collect_rng, _restore_rng
 from rsprompt.models.weights import efficientnet_lite0_package_path
 
@@ -128,3 +134,148 @@ def test_package_model_checkpoint_roundtrip_and_wrong_weights(tmp_path):
     sd, sd2 = model.state_dict(), loaded.state_dict()
     for k in sd:
         torch.testing.assert_close(sd2[k], sd[k])
+
+
+# --------------------------------------------------------------------------- run folders
+class CrashInFirstStep(pl.Callback):
+    """Fail inside the first training step (as a bad batch or an OOM would)."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        raise RuntimeError("crash in the first step")
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    """sha256 of every file of a run folder (the resume and model checkpoints included)."""
+    return {
+        str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A finished 3-step MobaNet run (tiny resnet18) on the Vaihingen fixture folder."""
+    base = tmp_path_factory.mktemp("trained")
+    root = _make("vaihingen", base)
+    out = base / "run"
+    run_train(tiny_args("mobanet_vaihingen.yaml", root, out, steps=3))
+    assert (out / "model.ckpt").is_file() and (out / "checkpoints" / "last.ckpt").is_file()
+    return root, out
+
+
+def _copy_run(trained_run, tmp_path) -> tuple[Path, Path]:
+    root, out = trained_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    return root, run
+
+
+def _train_cli(*args: str):
+    return CliRunner().invoke(main, ["train", *args])
+
+
+def test_refused_resume_leaves_the_run_byte_identical(trained_run, tmp_path):
+    """Item 1: resuming with another encoder seed is refused and model.ckpt is not replaced."""
+    root, run = _copy_run(trained_run, tmp_path)
+    before = _digest(run)
+    args = tiny_args("mobanet_vaihingen.yaml", root, run, steps=6)
+    with pytest.raises(CheckpointError, match="seed"):
+        run_train([*args, "--ckpt_path", "last", "--model.encoder_seed", "1"])
+    assert _digest(run) == before
+
+
+def test_crash_in_the_first_step_keeps_the_existing_model(trained_run, tmp_path):
+    """Item 1: a run that ran no optimiser step never writes model.ckpt."""
+    root, run = _copy_run(trained_run, tmp_path)
+    before = _digest(run)
+    args = tiny_args("mobanet_vaihingen.yaml", root, run, steps=3)
+    crash = f"--trainer.callbacks+={__name__}.CrashInFirstStep"
+    with pytest.raises(RuntimeError, match="first step"):
+        run_train([*args, "--overwrite", crash])
+    assert _digest(run) == before
+
+
+@pytest.mark.parametrize("kind", ["random", "model_ckpt", "pickle_bomb", "foreign"])
+def test_bad_resume_checkpoint_is_one_line_and_touches_nothing(trained_run, tmp_path, kind):
+    """Items 1/6 (probe F2, F19, F25): a --ckpt_path that is no resume checkpoint is refused
+    before training, in one line naming the file; nothing is executed or replaced."""
+    root, run = _copy_run(trained_run, tmp_path)
+    marker = tmp_path / "MARKER"
+    bad = tmp_path / f"{kind}.ckpt"
+    if kind == "random":
+        bad.write_bytes(np.random.default_rng(0).bytes(4096))
+    elif kind == "model_ckpt":
+        shutil.copyfile(run / "model.ckpt", bad)
+    elif kind == "pickle_bomb":
+        torch.save({"state_dict": {}, "x": _Bomb(str(marker))}, bad)
+    else:
+        torch.save({"state_dict": {}, "epoch": 3}, bad)
+    before = _digest(run)
+    args = tiny_args("mobanet_vaihingen.yaml", root, run, steps=6)
+    res = _train_cli(*args, "--ckpt_path", str(bad))
+    assert res.exit_code == 1, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("Error:")]
+    assert len(errors) == 1 and str(bad) in errors[0], res.output
+    assert "Traceback" not in res.output and "weights_only=False" not in res.output
+    assert "weights_only` set to `False" not in res.output
+    expected = {
+        "random": "not a readable, trusted rsprompt resume checkpoint",
+        "model_ckpt": "this is a model checkpoint (model.ckpt)",
+        "pickle_bomb": "not a readable, trusted rsprompt resume checkpoint",
+        "foreign": "not a Lightning resume checkpoint",
+    }[kind]
+    assert expected in errors[0]
+    assert not marker.exists()
+    assert _digest(run) == before
+
+
+class _Bomb:
+    """Unpickling it would create a marker file (it never must be)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+def test_training_into_a_run_folder_needs_overwrite(trained_run, tmp_path):
+    """Item 6 (probe F3): an existing run is refused without --ckpt_path/--overwrite."""
+    root, run = _copy_run(trained_run, tmp_path)
+    before = _digest(run)
+    args = tiny_args("mobanet_vaihingen.yaml", root, run, steps=2)
+    res = _train_cli(*args)
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "already holds a training run" in res.output and "--overwrite" in res.output
+    assert str(run / "model.ckpt") in res.output
+    assert _digest(run) == before
+    # with --overwrite the folder is trained into: a 2-step run replaces the 3-step one
+    result = run_train([*args, "--overwrite"])
+    assert result["model_ckpt"] == run / "model.ckpt"
+    assert json.loads((run / "val_metrics.json").read_text())["step"] == 2
+    assert _sha256(run / "model.ckpt") != before["model.ckpt"]
+
+
+def test_only_a_resume_checkpoint_also_needs_overwrite(trained_run, tmp_path):
+    root, run = _copy_run(trained_run, tmp_path)
+    (run / "model.ckpt").unlink()
+    res = _train_cli(*tiny_args("mobanet_vaihingen.yaml", root, run, steps=2))
+    assert res.exit_code == 1 and "last.ckpt" in res.output
+
+
+@pytest.mark.parametrize("case", ["missing_root", "patch_too_big"])
+def test_failure_before_training_leaves_no_log_folder(trained_run, tmp_path, case):
+    """Probe F24: a run that fails before training leaves no empty lightning_logs/version_0."""
+    root, _ = trained_run
+    out = tmp_path / "new"
+    args = tiny_args("mobanet_vaihingen.yaml", root, out, steps=2)
+    i = args.index("--trainer.logger")
+    del args[i : i + 2]  # Lightning's default logger (CSV) creates lightning_logs/version_N
+    if case == "missing_root":
+        args[args.index("--data.root") + 1] = str(tmp_path / "nonexistent")
+    else:
+        args[args.index("--data.patch_size") + 1] = "4096"
+    res = _train_cli(*args)
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    assert not (out / "lightning_logs").exists()
+    assert not (out / "model.ckpt").exists()

@@ -11,6 +11,7 @@ Examples:
       --trainer.max_steps 100 --trainer.default_root_dir runs/dpl
   rsprompt train --config configs/gopt_vaihingen.yaml --model.encoder resnet18 --model.weights null
   rsprompt train --config configs/spm_vaihingen.yaml --ckpt_path last      # resume
+  rsprompt train --config configs/spm_vaihingen.yaml --overwrite   # replace the run in the folder
   rsprompt train --config configs/rpn_potsdam.yaml --print_config
 Run `rsprompt train --help` for every option (LightningCLI's help).
 """
@@ -24,6 +25,12 @@ def _find(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseExc
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+def _one_line(exc: BaseException) -> str:
+    """The error as one line (first line of its message; the type when it has none)."""
+    text = str(exc).strip().strip("'\"")
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 @click.command(
@@ -49,13 +56,14 @@ def train(args: tuple[str, ...]) -> None:
 
     try:
         result = run_train(list(args))
-    except (FileNotFoundError, CheckpointError, ValueError, FloatingPointError) as exc:
+    except (CheckpointError, ValueError, FloatingPointError, OSError) as exc:
+        # OSError: missing files, read-only or full disks, raster read errors (RasterioIOError)
         found = _find(exc, (WeightsNotFoundError, CheckpointError)) or exc
-        raise click.ClickException(str(found)) from None
+        raise click.ClickException(_one_line(found)) from None
     except Exception as exc:  # jsonargparse wraps errors raised while instantiating classes
         found = _find(exc, (WeightsNotFoundError, CheckpointError, FileNotFoundError))
         if found is None:
             raise
-        raise click.ClickException(str(found)) from None
+        raise click.ClickException(_one_line(found)) from None
     if result["model_ckpt"] is not None:
         click.echo(f"model checkpoint: {result['model_ckpt']}")

@@ -1,4 +1,4 @@
-"""Callbacks: write ``model.ckpt`` at the end of every run, however it stops."""
+"""Callbacks: write ``model.ckpt`` at the end of every run that trained, however it stops."""
 
 from __future__ import annotations
 
@@ -18,6 +18,12 @@ MODEL_CHECKPOINT = "model.ckpt"
 class ModelExport(pl.Callback):
     """Save the model checkpoint (``model.ckpt``) when training ends, fails or is interrupted.
 
+    Only a run that trained: ``model.ckpt`` is written only when this process ran at least one
+    optimiser step (``trainer.global_step`` beyond the step training started or resumed at). A run
+    that stops before that (a refused resume checkpoint, a crash in the first step, bad data)
+    leaves an existing ``model.ckpt`` untouched: Lightning builds a fresh, untrained model before
+    it restores (or refuses) the resume checkpoint.
+
     Args:
         dirpath: Folder of ``model.ckpt`` (default: the trainer's ``default_root_dir``).
         filename: File name.
@@ -27,14 +33,31 @@ class ModelExport(pl.Callback):
         self.dirpath = dirpath
         self.filename = filename
         self.saved: Path | None = None
+        self.start_step: int | None = None
 
     def path(self, trainer: pl.Trainer) -> Path:
         """Where the checkpoint goes."""
         return Path(self.dirpath or trainer.default_root_dir) / self.filename
 
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Forget a previous run's state (the callback object may be reused)."""
+        self.saved = None
+        self.start_step = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Note the step training starts at (after any resume checkpoint was restored)."""
+        self.start_step = int(trainer.global_step)
+
+    def trained(self, trainer: pl.Trainer) -> bool:
+        """Whether this process ran at least one optimiser step."""
+        return self.start_step is not None and int(trainer.global_step) > self.start_step
+
     def export(self, trainer: pl.Trainer, pl_module: Any) -> Path | None:
-        """Write ``model.ckpt`` on rank 0 (no-op while the model is not built)."""
+        """Write ``model.ckpt`` on rank 0 when this run trained (else a no-op)."""
         if not trainer.is_global_zero or getattr(pl_module, "model", None) is None:
+            return None
+        if not self.trained(trainer):
+            log.info("no optimiser step ran in this run: %s not written", self.path(trainer))
             return None
         path = save_model_checkpoint(self.path(trainer), pl_module.model, pl_module.meta())
         self.saved = path
@@ -47,7 +70,7 @@ class ModelExport(pl.Callback):
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
-        """Save what was trained so far, then let the exception propagate."""
+        """Save what was trained so far (if anything), then let the exception propagate."""
         try:
             path = self.export(trainer, pl_module)
         except Exception as e:
@@ -56,6 +79,12 @@ class ModelExport(pl.Callback):
         if path is not None:
             log.warning(
                 "run stopped (%s); model checkpoint written: %s", type(exception).__name__, path
+            )
+        elif trainer.is_global_zero and self.path(trainer).is_file():
+            log.warning(
+                "run stopped (%s) before any training step; %s left as it was",
+                type(exception).__name__,
+                self.path(trainer),
             )
 
 

@@ -6,11 +6,14 @@ Usage (LightningCLI style; every top-level YAML in ``configs/`` is a complete co
         --trainer.max_steps 1000 --trainer.default_root_dir runs/mobanet
     rsprompt train --config … --model.encoder resnet18 --model.weights null   # random encoder
     rsprompt train --config … --ckpt_path last      # resume <default_root_dir>/checkpoints/last.ckpt
+    rsprompt train --config … --overwrite           # start afresh in a folder that holds a run
     rsprompt train --config … --print_config        # print the resolved config and exit
 
 Every run writes under ``--trainer.default_root_dir``: ``model.ckpt`` (what ``evaluate`` and
-``predict`` load; written however the run stops), ``checkpoints/last.ckpt`` (resume),
-``val_metrics.json`` (+ ``val_metrics.jsonl`` history) and ``config.yaml``.
+``predict`` load; written however the run stops, once it ran a training step),
+``checkpoints/last.ckpt`` (resume), ``val_metrics.json`` (+ ``val_metrics.jsonl`` history) and
+``config.yaml``. A folder that already holds ``model.ckpt`` or ``checkpoints/last.ckpt`` is only
+trained into with ``--ckpt_path`` (continue) or ``--overwrite`` (replace).
 """
 
 from __future__ import annotations
@@ -21,16 +24,41 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from jsonargparse import ActionYesNo
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from rsprompt.engine.callbacks import ModelExport, ResumeCheckpoint
+from rsprompt.engine.checkpoint import FORMAT, CheckpointError, load_trusted
 from rsprompt.engine.task import SegmentationTask
 
 log = logging.getLogger(__name__)
 
 #: Precisions that need a GPU to be worth anything; on CPU they fall back to 32-bit.
 _GPU_PRECISIONS = ("16-mixed", "16", 16, "bf16-mixed", "bf16", "16-true", "bf16-true")
+
+
+class SaveConfigWhenTrained(SaveConfigCallback):
+    """Write ``config.yaml`` once this run has run an optimiser step.
+
+    A run that is refused (resume checkpoint of another model) or fails before training leaves
+    the folder's ``config.yaml`` describing the model that is there, like ``model.ckpt``.
+    """
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        """Defer the save (Lightning calls this before restoring or checking anything)."""
+        self._stage = stage
+        self._start_step: int | None = None
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        """Note the step training starts at (after any resume checkpoint was restored)."""
+        self._start_step = int(trainer.global_step)
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any) -> None:
+        """Save after the first optimiser step of this run."""
+        start = getattr(self, "_start_step", None)
+        if not self.already_saved and start is not None and trainer.global_step > start:
+            super().setup(trainer, pl_module, getattr(self, "_stage", "fit"))
 
 
 class TrainCLI(LightningCLI):
@@ -44,6 +72,14 @@ class TrainCLI(LightningCLI):
             default=None,
             help="Resume from this resume checkpoint (last.ckpt); 'last' = "
             "<trainer.default_root_dir>/checkpoints/last.ckpt.",
+        )
+        parser.add_argument(
+            "--overwrite",
+            action=ActionYesNo,
+            default=False,
+            help="Train into a --trainer.default_root_dir that already holds a run (model.ckpt or "
+            "checkpoints/last.ckpt), replacing it; without it such a folder is refused unless "
+            "--ckpt_path continues the run.",
         )
 
     def before_instantiate_classes(self) -> None:
@@ -80,6 +116,94 @@ def resolve_ckpt_path(ckpt_path: str | None, root_dir: str | Path) -> str | None
     return str(path)
 
 
+class RunFolderError(ValueError):
+    """The run folder already holds a run that this one would replace."""
+
+
+#: Keys every Lightning resume checkpoint written by ``rsprompt train`` holds.
+_RESUME_KEYS = ("pytorch-lightning_version", "state_dict", "loops", "optimizer_states")
+
+
+def validate_resume_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a resume checkpoint safely (``weights_only=True``) and check that it is one.
+
+    Returns:
+        Its ``rsprompt_meta``.
+
+    Raises:
+        CheckpointError: Unreadable or untrusted file, a model checkpoint (``model.ckpt``), or
+            not a Lightning resume checkpoint written by ``rsprompt train``.
+    """
+    obj = load_trusted(path, "resume checkpoint")
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        raise CheckpointError(
+            f"{path}: this is a model checkpoint (model.ckpt), which cannot resume training; "
+            f"--ckpt_path takes the resume checkpoint checkpoints/last.ckpt (or 'last')"
+        )
+    missing = [k for k in _RESUME_KEYS if not isinstance(obj, dict) or k not in obj]
+    if missing:
+        raise CheckpointError(
+            f"{path}: not a Lightning resume checkpoint (no {', '.join(missing)}); --ckpt_path "
+            f"takes checkpoints/last.ckpt of an rsprompt training run (or 'last')"
+        )
+    meta = obj.get("rsprompt_meta")
+    if not isinstance(meta, dict):
+        raise CheckpointError(
+            f"{path}: not an rsprompt resume checkpoint (no rsprompt_meta); --ckpt_path takes "
+            f"checkpoints/last.ckpt of an rsprompt training run"
+        )
+    return meta
+
+
+def check_run_folder(trainer: Any, overwrite: bool) -> None:
+    """Refuse to start a new run where a run already is, unless ``overwrite``.
+
+    Raises:
+        RunFolderError: The folder holds ``model.ckpt`` or ``checkpoints/last.ckpt``.
+    """
+    if overwrite:
+        return
+    held = [
+        c.path(trainer)
+        for c in trainer.callbacks
+        if isinstance(c, ModelExport | ResumeCheckpoint) and c.path(trainer).exists()
+    ]
+    if held:
+        raise RunFolderError(
+            f"{trainer.default_root_dir} already holds a training run "
+            f"({', '.join(str(p) for p in held)}): pass --ckpt_path last to continue it, "
+            f"--overwrite to replace it, or another --trainer.default_root_dir"
+        )
+
+
+def _new_log_dirs(trainer: Any) -> list[Path]:
+    """The loggers' folders (and parents below the run folder) that do not exist yet."""
+    root = Path(trainer.default_root_dir).resolve()
+    out: list[Path] = []
+    for logger in trainer.loggers:
+        try:
+            log_dir = logger.log_dir
+        except Exception:  # a logger without a local folder
+            continue
+        if not isinstance(log_dir, str):
+            continue
+        d = Path(log_dir).resolve()
+        while d != root and root in d.parents and not d.exists():
+            out.append(d)
+            d = d.parent
+    return out
+
+
+def _remove_empty(dirs: list[Path]) -> None:
+    """Remove the folders among ``dirs`` that exist and are empty (deepest first)."""
+    for d in sorted(set(dirs), key=lambda p: len(p.parts), reverse=True):
+        try:
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+        except OSError:
+            pass
+
+
 def close_datasets(datamodule: Any) -> None:
     """Close the raster handles of a datamodule's datasets (quiet interpreter shutdown)."""
     for ds in (getattr(datamodule, "datasets", None) or {}).values():
@@ -100,6 +224,7 @@ def make_cli(args: list[str] | None) -> TrainCLI:
         run=False,
         args=args,
         seed_everything_default=0,
+        save_config_callback=SaveConfigWhenTrained,
         save_config_kwargs={"overwrite": True},
         trainer_defaults={
             "enable_checkpointing": False,  # Lightning's own would store the frozen encoder
@@ -119,11 +244,20 @@ def run_train(args: list[str] | None = None) -> dict[str, Any]:
     cli = make_cli(args)
     trainer = cli.trainer
     ckpt = resolve_ckpt_path(cli.config.get("ckpt_path"), trainer.default_root_dir)
+    if ckpt is not None:
+        validate_resume_checkpoint(ckpt)
+    else:
+        check_run_folder(trainer, bool(cli.config.get("overwrite")))
+    export = next(c for c in trainer.callbacks if isinstance(c, ModelExport))
+    new_dirs = _new_log_dirs(trainer)
     try:
         trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt, weights_only=True)
+    except BaseException:
+        if not export.trained(trainer):  # failed before training: leave no empty log folder
+            _remove_empty(new_dirs)
+        raise
     finally:
         close_datasets(cli.datamodule)
-    export = next(c for c in trainer.callbacks if isinstance(c, ModelExport))
     return {
         "root": trainer.default_root_dir,
         "model_ckpt": export.saved,

@@ -200,3 +200,109 @@ def test_corrupt_error_keeps_its_message_first_through_a_dataloader_worker(tmp_p
     assert first == (
         f"cannot read {path}: the file is corrupt (IReadBlock failed at X offset 1, Y offset 1)"
     )
+
+
+# ------------------------------------------------------------------ probe F22: data check
+def data_check(*args):
+    from click.testing import CliRunner
+
+    from rsprompt.cli import main
+
+    return CliRunner().invoke(main, ["data", "check", *map(str, args)])
+
+
+def rewrite_band_data(path: Path, data: np.ndarray, **changes) -> None:
+    """Replace the pixels (and optionally profile entries) of ``path``, keeping the rest."""
+    with rasterio.open(path) as src:
+        profile = src.profile
+    profile.update(**changes)
+    path.unlink()
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+
+
+@pytest.mark.parametrize("role", ["image_rgb", "dsm", "label_eroded"])
+def test_data_check_decodes_every_block(tmp_path, role):
+    paths = potsdam_tile(tmp_path, size=192)
+    assert data_check("potsdam", tmp_path).exit_code == 0  # intact: complete
+    rewrite_tiled(paths[role])
+    corrupt_middle_block(paths[role])
+    result = data_check("potsdam", tmp_path)
+    assert result.exit_code == 1, result.output
+    assert f"cannot read {paths[role]}: the file is corrupt (" in result.output
+    assert "INCOMPLETE: 1 error(s)" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("fill", "nodata"), [(np.nan, None), (NODATA, NODATA), (np.inf, None)], ids=str
+)
+def test_data_check_refuses_a_dsm_without_valid_pixels(tmp_path, fill, nodata):
+    paths = potsdam_tile(tmp_path)
+    rewrite_band_data(paths["dsm"], np.full((1, 48, 48), fill, np.float32), nodata=nodata)
+    result = data_check("potsdam", tmp_path)
+    assert result.exit_code == 1, result.output
+    assert f"{paths['dsm']}: no valid DSM pixel" in result.output
+
+
+def test_data_check_refuses_labels_without_a_class_colour(tmp_path):
+    paths = potsdam_tile(tmp_path)
+    magenta = np.zeros((3, 48, 48), np.uint8)
+    magenta[0], magenta[2] = 255, 255  # (255, 0, 255) is no ISPRS class colour
+    rewrite_band_data(paths["label"], magenta)
+    result = data_check("potsdam", tmp_path)
+    assert result.exit_code == 1, result.output
+    assert f"{paths['label']}: no pixel holds an ISPRS class colour (found (255, 0, 255))" in (
+        result.output
+    )
+    # A few magenta pixels in a good label are a warning only: 48·2 of 48·48 = 4.2 %.
+    paths = potsdam_tile(tmp_path / "b")
+    with rasterio.open(paths["label"]) as src:
+        rgb = src.read()
+    rgb[:, :2] = magenta[:, :2]
+    rewrite_band_data(paths["label"], rgb)
+    result = data_check("potsdam", tmp_path / "b")
+    assert result.exit_code == 0, result.output
+    assert f"{paths['label']}: 96 pixel(s) (4.2%) hold no class" in result.output
+
+
+def test_data_check_refuses_a_label_georeferenced_off_its_image(tmp_path):
+    paths = potsdam_tile(tmp_path, size=96)
+    with rasterio.open(paths["label"]) as src:
+        t = src.transform
+    shifted = Affine(t.a, t.b, t.c + 50 * t.a, t.d, t.e, t.f)  # 50 px east
+    with rasterio.open(paths["label"], "r+") as dst:
+        dst.transform = shifted
+    result = data_check("potsdam", tmp_path)
+    assert result.exit_code == 1, result.output
+    assert f"{paths['label']}: georeferenced 50 px off the optical image" in result.output
+    assert "+50.0 px east, +0.0 px north" in result.output
+
+
+def test_data_check_reports_a_dsm_off_its_image(tmp_path):
+    paths = potsdam_tile(tmp_path, size=96)
+    with rasterio.open(paths["dsm"]) as src:
+        t = src.transform
+    # 24 px east: the DSM covers 72 of the image's 96 columns, i.e. 75 % of it (a warning).
+    with rasterio.open(paths["dsm"], "r+") as dst:
+        dst.transform = Affine(t.a, 0, t.c + 24 * t.a, 0, t.e, t.f)
+    result = data_check("potsdam", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert f"{paths['dsm']}: covers 75% of the optical image" in result.output
+    # 200 px east: nothing of the tile is covered (an error).
+    with rasterio.open(paths["dsm"], "r+") as dst:
+        dst.transform = Affine(t.a, 0, t.c + 200 * t.a, 0, t.e, t.f)
+    result = data_check("potsdam", tmp_path)
+    assert result.exit_code == 1, result.output
+    assert f"{paths['dsm']}: georeferenced outside the optical image" in result.output
+
+
+def test_data_check_refuses_an_unknown_variant(tmp_path):
+    potsdam_tile(tmp_path)
+    result = data_check("potsdam", tmp_path, "--variant", "bogus")
+    assert result.exit_code == 2, result.output
+    assert "unknown split variant 'bogus' for potsdam; expected one of: official, mobanet" in (
+        result.output
+    )
+    assert "complete" not in result.output
+    result = data_check("vaihingen", tmp_path, "--variant", "mobanet")
+    assert result.exit_code == 2 and "expected one of: official, deepnets" in result.output

@@ -23,15 +23,21 @@ def data() -> None:
 )
 @click.pass_context
 def check(ctx: click.Context, dataset: str, root: Path, variant: str) -> None:
-    """Check that ROOT holds DATASET as distributed.
+    """Check that ROOT holds DATASET as distributed, and that every file decodes.
 
     Prints, per split, the tiles found with their modalities, sizes and CRS. Absent official
-    tiles, optional products and unknown files are warnings (exit code 0). Exits with code 1,
-    naming each file, when a tile lacks a required modality, a file is unreadable, or a tile's
-    modalities disagree (size, band count, dtype).
+    tiles, optional products, unknown files, a DSM/SAR covering only part of its tile and label
+    pixels of no class are warnings (exit code 0). Exits with code 1, naming each file, when a
+    tile lacks a required modality, a file is unreadable or corrupt (every block is decoded, so
+    this reads the whole dataset), a tile's modalities disagree (size, band count, dtype, or a
+    georeferenced label off its image), a DSM/SAR has no valid pixel, or a label holds no class.
     """
-    from rsprompt.data.check import check_folder
+    from rsprompt.data.check import check_folder, check_variant
 
+    try:
+        check_variant(dataset, variant)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--variant") from None
     if not root.is_dir():
         raise click.ClickException(f"{root} is not a folder")
     try:

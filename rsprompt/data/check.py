@@ -1,10 +1,14 @@
 """Check a dataset folder against its official layout before training on it.
 
 A folder is *complete* when every tile found has every modality the dataset needs (optical, DSM or
-SAR, and a label variant), every file opens, and each tile's modalities agree (size — a DSM off by
-one pixel is tolerated, it is cropped/padded on reading — band count and dtype). Official tiles
-that are absent, optional products (Potsdam's nDSM, other optical variants) and unknown files are
-warnings only. Tile sizes other than the official ones are fine.
+SAR, and a label variant), every file opens **and decodes** (every block is read, streamed by row
+strips, so a damaged block in the middle of a file is found), each tile's modalities agree (size —
+a DSM off by one pixel is tolerated, it is cropped/padded on reading — band count, dtype and, when
+both are georeferenced, the area they cover), the DSM/SAR has valid pixels (the validity rule of
+:mod:`rsprompt.data.validity`) and the labels hold at least one class. Official tiles that are
+absent, optional products (Potsdam's nDSM, other optical variants), unknown files, a DSM/SAR that
+covers only part of its tile and label pixels of no class colour are warnings only. Tile sizes
+other than the official ones are fine.
 
 Example:
     >>> from rsprompt.data.check import check_folder  # doctest: +SKIP
@@ -14,15 +18,31 @@ Example:
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import pyproj
+import rasterio
+import rasterio.warp
 from rasterio.errors import RasterioError
+from rasterio.transform import array_bounds
+from rasterio.windows import Window
 from tqdm import tqdm
 
 from rsprompt.data import splits
-from rsprompt.data.datasets._raster import RasterInfo, raster_info
+from rsprompt.data.datasets._raster import (
+    RasterInfo,
+    corrupt_error,
+    has_internal_mask,
+    open_quiet,
+    raster_info,
+)
 from rsprompt.data.datasets.layouts import expected_paths, find_tiles, layout, unknown_files
+from rsprompt.data.labels import IGNORE_INDEX, decode_isprs_rgb, decode_whu_labels
+from rsprompt.data.validity import valid_pixels
 
 #: Expected band count and dtypes of each role (``None``: any).
 EXPECTED: dict[str, dict[str, tuple[int | None, tuple[str, ...] | None]]] = {
@@ -49,6 +69,12 @@ EXPECTED: dict[str, dict[str, tuple[int | None, tuple[str, ...] | None]]] = {
 }
 #: Roles whose size must equal the optical image exactly (the aux may be off by one pixel).
 AUX_SIZE_TOLERANCE = 1
+#: Largest offset (optical pixels) between a georeferenced label's footprint and its image's.
+LABEL_OFFSET_TOLERANCE = 0.5
+#: Largest per-channel colour difference the ISPRS label decoder accepts (the datasets' default).
+LABEL_TOLERANCE = 30
+#: Rows read at once while decoding a file (rounded up to whole blocks).
+STRIP_ROWS = 256
 
 
 @dataclass
@@ -166,6 +192,15 @@ def _describe(info: RasterInfo | None, path: Path, root: Path) -> str:
     return f"{rel}  {info.count}×{info.height}×{info.width} {info.dtype}  {crs}"
 
 
+def check_variant(dataset: str, variant: str) -> None:
+    """Raise ``ValueError`` listing the split variants of ``dataset`` unless ``variant`` is one."""
+    known = list(splits.SPLITS[dataset])
+    if variant not in known:
+        raise ValueError(
+            f"unknown split variant {variant!r} for {dataset}; expected one of: {', '.join(known)}"
+        )
+
+
 def _split_of(dataset: str, tile: str, variant: str) -> str | None:
     try:
         return splits.split_of(dataset, tile, variant)
@@ -189,10 +224,11 @@ def check_folder(
         unreadable or a tile's modalities disagree.
 
     Raises:
-        ValueError: For an unknown dataset.
+        ValueError: For an unknown dataset or split variant.
         FileNotFoundError: If ``root`` is not a folder.
     """
     spec = layout(dataset)
+    check_variant(dataset, variant)
     root = Path(root)
     found = find_tiles(dataset, root)
     report = FolderCheck(dataset, root, variant)
@@ -224,6 +260,9 @@ def check_folder(
             if role not in roles:
                 tc.warnings.append(f"tile {name}: optional {role} absent")
         _check_consistency(tc, expected)
+        _check_footprints(tc)
+        for role in roles:
+            _scan_file(tc, role, dataset)
         report.tiles.append(tc)
     official = splits.SPLITS[dataset].get(variant, {})
     for split, ids in official.items():
@@ -269,3 +308,199 @@ def _check_consistency(
             f"{info.path}: {info.width}×{info.height} px but the optical image {ref.path} is "
             f"{ref.width}×{ref.height} px"
         )
+
+
+# ------------------------------------------------------------------------ georeferencing
+Box = tuple[float, float, float, float]
+
+
+def _bounds_in(info: RasterInfo, crs: pyproj.CRS | None) -> Box:
+    """``(xmin, ymin, xmax, ymax)`` of a georeferenced raster, in ``crs``."""
+    assert info.transform is not None and info.crs is not None
+    west, south, east, north = array_bounds(info.height, info.width, info.transform)
+    box = (min(west, east), min(south, north), max(west, east), max(south, north))
+    if info.crs != crs:
+        box = rasterio.warp.transform_bounds(info.crs, crs, *box, densify_pts=21)
+    return box
+
+
+def _check_footprints(tc: TileCheck) -> None:
+    """Labels must cover their image's pixels; a DSM/SAR should cover the whole image.
+
+    Only georeferenced pairs are compared (the datasets read each georeferenced file on its own
+    grid; a file without georeferencing takes its image's grid).
+    """
+    infos = {r: i for r, i in tc.files.items() if i is not None}
+    images = [i for r, i in infos.items() if r.startswith("image")]
+    if not images or not images[0].georeferenced:
+        return
+    ref = images[0]
+    assert ref.transform is not None
+    res = (abs(ref.transform.a), abs(ref.transform.e))
+    img = _bounds_in(ref, ref.crs)
+    for role, info in infos.items():
+        if not (role == "aux" or role.startswith("label")) or not info.georeferenced:
+            continue
+        try:
+            box = _bounds_in(info, ref.crs)
+        except Exception as exc:  # pyproj and GDAL raise several unrelated types
+            tc.errors.append(f"{info.path}: its footprint cannot be put in the image's CRS ({exc})")
+            continue
+        if role.startswith("label"):
+            _check_label_footprint(tc, info, ref, img, box, res)
+        else:
+            _check_aux_footprint(tc, info, ref, img, box, res)
+
+
+def _check_label_footprint(
+    tc: TileCheck,
+    info: RasterInfo,
+    ref: RasterInfo,
+    img: Box,
+    box: Box,
+    res: tuple[float, float],
+) -> None:
+    off = max(
+        abs(box[0] - img[0]) / res[0],
+        abs(box[2] - img[2]) / res[0],
+        abs(box[1] - img[1]) / res[1],
+        abs(box[3] - img[3]) / res[1],
+    )
+    if off > LABEL_OFFSET_TOLERANCE:
+        dx, dy = (box[0] - img[0]) / res[0], (box[3] - img[3]) / res[1]
+        tc.errors.append(
+            f"{info.path}: georeferenced {off:.0f} px off the optical image {ref.path} (its "
+            f"upper-left corner is {dx:+.1f} px east, {dy:+.1f} px north of the image's): the "
+            "labels would not match the pixels"
+        )
+
+
+def _check_aux_footprint(
+    tc: TileCheck,
+    info: RasterInfo,
+    ref: RasterInfo,
+    img: Box,
+    box: Box,
+    res: tuple[float, float],
+) -> None:
+    w = max(0.0, min(img[2], box[2]) - max(img[0], box[0]))
+    h = max(0.0, min(img[3], box[3]) - max(img[1], box[1]))
+    if w == 0 or h == 0:
+        tc.errors.append(
+            f"{info.path}: georeferenced outside the optical image {ref.path}: it covers no "
+            "pixel of the tile"
+        )
+        return
+    short = max(
+        (box[0] - img[0]) / res[0],
+        (img[2] - box[2]) / res[0],
+        (box[1] - img[1]) / res[1],
+        (img[3] - box[3]) / res[1],
+    )
+    if short > AUX_SIZE_TOLERANCE:
+        share = w * h / ((img[2] - img[0]) * (img[3] - img[1]))
+        tc.warnings.append(
+            f"{info.path}: covers {share:.0%} of the optical image {ref.path} (up to "
+            f"{short:.0f} px short of an edge); the rest has no aux data (aux_valid 0)"
+        )
+
+
+# ------------------------------------------------------------------------ decoding
+def _strips(src: rasterio.io.DatasetReader) -> Iterator[Window]:
+    """Full-width row strips of whole blocks covering ``src`` (every block read exactly once)."""
+    block_rows = max(1, src.block_shapes[0][0])
+    rows = -(-STRIP_ROWS // block_rows) * block_rows
+    for r0 in range(0, src.height, rows):
+        yield Window(0, r0, src.width, min(rows, src.height - r0))
+
+
+class _Tally:
+    """What one streamed file holds: valid aux pixels, or label values/colours and counts."""
+
+    def __init__(self) -> None:
+        self.pixels = 0
+        self.valid = 0
+        self.values: Counter[int] = Counter()
+
+    def add_aux(self, src: rasterio.io.DatasetReader, data: np.ndarray, window: Window) -> None:
+        mask = src.read_masks(1, window=window) if has_internal_mask(src) else None
+        self.pixels += data.shape[1] * data.shape[2]
+        self.valid += int(valid_pixels(data, src.nodata, mask=mask, every_band=True).sum())
+
+    def add_label(self, data: np.ndarray) -> None:
+        if data.shape[0] >= 3:  # colours packed as 0xRRGGBB
+            d = data[:3].astype(np.uint32)
+            codes = (d[0] << 16) | (d[1] << 8) | d[2]
+        else:
+            codes = data[0].astype(np.int64)
+        uniq, counts = np.unique(codes, return_counts=True)
+        self.values.update(dict(zip(uniq.tolist(), counts.tolist(), strict=True)))
+
+
+def _scan_file(tc: TileCheck, role: str, dataset: str) -> None:
+    """Decode every block of one file; report corrupt blocks, an empty aux, classless labels."""
+    info = tc.files.get(role)
+    if info is None:  # unreadable header: already an error
+        return
+    path = tc.paths[role]
+    tally = _Tally()
+    try:
+        with open_quiet(path) as src:
+            for window in _strips(src):
+                data = src.read(window=window)
+                if role == "aux":
+                    tally.add_aux(src, data, window)
+                elif role.startswith("label"):
+                    tally.add_label(data)
+            nodata = src.nodata
+    except (RasterioError, OSError) as exc:
+        tc.errors.append(str(corrupt_error(path, exc)))
+        return
+    if role == "aux" and tally.valid == 0:
+        kind = "SAR" if dataset == "whu-opt-sar" else "DSM"
+        tc.errors.append(
+            f"{path}: no valid {kind} pixel (every pixel is NaN, infinite, masked or the nodata "
+            f"value {nodata})"
+        )
+    elif role.startswith("label"):
+        _check_label_values(tc, path, tally.values, dataset, rgb=info.count >= 3)
+
+
+def _check_label_values(
+    tc: TileCheck, path: Path, values: Counter[int], dataset: str, *, rgb: bool
+) -> None:
+    """Error when no label pixel holds a class; warning for pixels of no class colour/value."""
+    keys = np.fromiter(values, np.int64, len(values))
+    counts = np.fromiter(values.values(), np.int64, len(values))
+    if dataset == "whu-opt-sar":
+        classes = decode_whu_labels(keys, keep_background=True) != IGNORE_INDEX
+        unknown = ~classes
+        what = "a WHU-OPT-SAR label value (0, 10, …, 70)"
+    elif rgb:
+        colours = np.stack([(keys >> 16) & 255, (keys >> 8) & 255, keys & 255], -1)
+        colours = colours.astype(np.uint8)[:, None, :]
+        lut = np.asarray(decode_isprs_rgb(colours, tolerance=LABEL_TOLERANCE))[:, 0]
+        classes = lut != IGNORE_INDEX
+        unknown = ~classes & (colours[:, 0].max(axis=-1) > LABEL_TOLERANCE)  # black: boundary
+        what = "an ISPRS class colour"
+    else:
+        classes = (keys >= 0) & (keys < 6)
+        unknown = ~classes & (keys != IGNORE_INDEX)
+        what = "an ISPRS class index (0–5)"
+    if not counts[classes].sum():
+        seen = ", ".join(_show(int(k), rgb and dataset != "whu-opt-sar") for k in keys[:5])
+        tc.errors.append(
+            f"{path}: no pixel holds {what} (found {seen}"
+            + (" …" if len(keys) > 5 else "")
+            + "): the tile has nothing to learn from"
+        )
+    elif counts[unknown].sum():
+        n = int(counts[unknown].sum())
+        tc.warnings.append(
+            f"{path}: {n} pixel(s) ({n / counts.sum():.1%}) hold no class ({what}); they are "
+            "ignored in training"
+        )
+
+
+def _show(key: int, rgb: bool) -> str:
+    return f"({key >> 16}, {(key >> 8) & 255}, {key & 255})" if rgb else str(key)

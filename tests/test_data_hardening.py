@@ -306,3 +306,44 @@ def test_data_check_refuses_an_unknown_variant(tmp_path):
     assert "complete" not in result.output
     result = data_check("vaihingen", tmp_path, "--variant", "mobanet")
     assert result.exit_code == 2 and "expected one of: official, deepnets" in result.output
+
+
+# ------------------------------------------------------------------ probe F27: synth aux CRS
+def synth(*args):
+    from click.testing import CliRunner
+
+    from rsprompt.cli import main
+
+    return CliRunner().invoke(main, ["synth", *map(str, args)])
+
+
+def ground_pixel_size(path: Path) -> tuple[float, float, int]:
+    """East and north size (metres, geodesic) of the centre pixel of a EPSG:4326 raster."""
+    import pyproj
+
+    with rasterio.open(path) as src:
+        assert src.crs.to_epsg() == 4326
+        t, h, w = src.transform, src.height, src.width
+        valid = int((src.read(1) != src.nodata).sum())
+    lon, lat = t @ (w / 2, h / 2)
+    geod = pyproj.Geod(ellps="WGS84")
+    east = geod.inv(lon, lat, lon + t.a, lat)[2]
+    north = geod.inv(lon, lat, lon, lat + t.e)[2]
+    return east, north, valid
+
+
+@pytest.mark.parametrize("extra", [[], ["--aux-resolution", "0.36"]])
+def test_synth_aux_in_degrees_gets_a_ground_resolution(tmp_path, extra):
+    out = tmp_path / "s"
+    result = synth(
+        "--out", out, "--size", 64, "--aux-crs", "EPSG:4326", "--aux-coverage", 0.5, *extra
+    )
+    assert result.exit_code == 0, result.output
+    want = 0.36 if extra else 0.09  # metres: the asked one, else the scene's (isprs: 0.09 m)
+    with rasterio.open(out / "scene.tif") as src:
+        assert src.res == pytest.approx((0.09, 0.09))
+    east, north, valid = ground_pixel_size(out / "dsm.tif")
+    assert want / 2 < east < want * 2 and want / 2 < north < want * 2
+    # ~half the 64² scene's area on the ground in pixels of ``want`` metres; most valid
+    expected = 0.5 * (64 * 0.09 / want) ** 2
+    assert valid > 0.5 * expected

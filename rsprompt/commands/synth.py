@@ -92,7 +92,11 @@ def _parse_tiles(values: tuple[str, ...]) -> list[str] | None:
 )
 @click.option("--aux-crs", default=None, help="Write the DSM/SAR in another CRS, e.g. EPSG:32632.")
 @click.option(
-    "--aux-resolution", type=float, default=None, help="Pixel size of the DSM/SAR in metres."
+    "--aux-resolution",
+    type=float,
+    default=None,
+    help="Pixel size of the DSM/SAR in metres on the ground (default: the scene's). In a CRS "
+    "not in metres (--aux-crs EPSG:4326) it is converted to that CRS's units at the scene centre.",
 )
 @click.option(
     "--aux-coverage",

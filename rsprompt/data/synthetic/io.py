@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from affine import Affine
+from pyproj import Transformer
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning
@@ -153,6 +154,35 @@ def optical_descriptions(bands: str) -> tuple[str, ...]:
 # --------------------------------------------------------------------------------------------
 
 
+def _in_metres(crs: CRS) -> bool:
+    """Whether ``crs`` is projected with metre axes (its units are ground metres)."""
+    if not crs.is_projected:
+        return False
+    factor = crs.linear_units_factor[1] if crs.linear_units_factor else None
+    return factor is not None and math.isclose(factor, 1.0)
+
+
+def aux_pixel_size(scene: Scene, crs: CRS | None, metres: float) -> tuple[float, float]:
+    """``(x, y)`` pixel size in ``crs`` units of a pixel ``metres`` wide on the ground.
+
+    In the scene's CRS or any metre-based projected CRS that is ``metres`` itself. In another CRS
+    (geographic degrees, feet) a step of ``metres`` east and north of the scene's centre is
+    transformed into ``crs``: the ground resolution converted at the scene centre.
+    """
+    if crs is None or scene.crs is None or crs == scene.crs or _in_metres(crs):
+        return metres, metres
+    left, bottom, right, top = scene.bounds
+    cx, cy = (left + right) / 2, (bottom + top) / 2
+    to_aux = Transformer.from_crs(scene.crs, crs, always_xy=True)
+    x0, y0 = to_aux.transform(cx, cy)
+    xe, _ = to_aux.transform(cx + metres, cy)
+    _, yn = to_aux.transform(cx, cy + metres)
+    size = (abs(xe - x0), abs(yn - y0))
+    if not all(math.isfinite(v) and v > 0 for v in size):
+        raise ValueError(f"cannot express a {metres} m pixel in {crs} at the scene's centre")
+    return size
+
+
 def aux_grid(
     scene: Scene,
     crs: str | int | CRS | None = None,
@@ -163,9 +193,11 @@ def aux_grid(
 
     The auxiliary raster covers the north-west part of the optical footprint holding about
     ``coverage`` of its area (both sides scaled by ``sqrt(coverage)``), in ``crs`` (default: the
-    scene's) at ``resolution`` (default: the scene's), snapped outward to multiples of the
-    resolution. In another CRS the footprint's bounding box is used, so corners outside the
-    optical footprint come out as nodata, as with real rasters.
+    scene's) with pixels ``resolution`` metres on the ground (default: the scene's resolution;
+    in a CRS not in metres, e.g. EPSG:4326, converted to its units at the scene centre, see
+    :func:`aux_pixel_size`), snapped outward to multiples of the pixel size. In another CRS the
+    footprint's bounding box is used, so corners outside the optical footprint come out as
+    nodata, as with real rasters.
     """
     if not 0 < coverage <= 1:
         raise ValueError(f"aux coverage must be in (0, 1], got {coverage}")
@@ -180,15 +212,27 @@ def aux_grid(
         left, bottom, right, top = transform_bounds(
             scene.crs, dst_crs, left, bottom, right, top, densify_pts=21
         )
-    res = float(resolution) if resolution is not None else scene.resolution[0]
-    if not res > 0:
-        raise ValueError(f"aux resolution must be positive, got {res}")
+    metres = float(resolution) if resolution is not None else scene.resolution[0]
+    if not metres > 0:
+        raise ValueError(f"aux resolution must be positive, got {metres}")
+    rx, ry = aux_pixel_size(scene, dst_crs, metres)
     eps = 1e-9 * max(abs(left), abs(top), 1.0)
-    x0 = round(math.floor(left / res + eps) * res, 9)
-    y0 = round(math.ceil(top / res - eps) * res, 9)
-    width = max(1, math.ceil((right - x0) / res - eps))
-    height = max(1, math.ceil((y0 - bottom) / res - eps))
-    return dst_crs, Affine(res, 0.0, x0, 0.0, -res, y0), width, height
+    x0 = math.floor(left / rx + eps) * rx
+    y0 = math.ceil(top / ry - eps) * ry
+    if metres == rx == ry:  # keep round coordinates round (0.5 m grids)
+        x0, y0 = round(x0, 9), round(y0, 9)
+    width = max(1, math.ceil((right - x0) / rx - eps))
+    height = max(1, math.ceil((y0 - bottom) / ry - eps))
+    return dst_crs, Affine(rx, 0.0, x0, 0.0, -ry, y0), width, height
+
+
+def _ground_size(crs: CRS, transform: Affine, width: int, height: int, to: CRS) -> float:
+    """Ground size (``to``'s units) of the centre pixel's diagonal step of a grid, over √2."""
+    cx, cy = transform @ (width / 2, height / 2)
+    ex, ey = transform @ (width / 2 + 1, height / 2 + 1)
+    tr = Transformer.from_crs(crs, to, always_xy=True)
+    (ax, bx), (ay, by) = tr.transform([cx, ex], [cy, ey])
+    return math.hypot(bx - ax, by - ay) / math.sqrt(2)
 
 
 def resample_aux(
@@ -205,7 +249,10 @@ def resample_aux(
     # A scene without CRS: warp within an arbitrary projected CRS (no actual transformation).
     src_crs = scene.crs or CRS.from_epsg(3857)
     dst_crs = crs or src_crs
-    coarser = abs(transform.a) > 1.5 * scene.resolution[0]
+    pixel = abs(transform.a)
+    if crs is not None and scene.crs is not None and crs != scene.crs:
+        pixel = _ground_size(crs, transform, width, height, scene.crs)
+    coarser = pixel > 1.5 * scene.resolution[0]
     reproject(
         source=np.asarray(array, np.float32),
         destination=dst,
@@ -243,7 +290,9 @@ def write_scene(
         scene: The scene (from :func:`~rsprompt.data.synthetic.generate_scene`).
         out_dir: Output folder (created when missing).
         aux_crs: Write the DSM/SAR in this CRS (e.g. ``"EPSG:32632"`` for a scene in 32633).
-        aux_resolution: Pixel size of the DSM/SAR in metres (e.g. 0.5 for a 0.09 m scene).
+        aux_resolution: Pixel size of the DSM/SAR in metres on the ground (e.g. 0.5 for a
+            0.09 m scene); default the scene's. In a CRS not in metres (EPSG:4326) it is
+            converted to that CRS's units at the scene centre.
         aux_coverage: Fraction (0, 1] of the optical footprint's area the DSM/SAR covers (its
             north-west part); the rest is simply absent from the aux raster.
         aux_nodata_border: Width in aux pixels of a nodata frame around the DSM/SAR.

@@ -28,24 +28,41 @@ import click
     "--split", default="test", show_default=True, help="Split to evaluate (test, val, train)."
 )
 @click.option(
-    "--window", type=int, help="Window size [default: recorded by training, else the patch size]."
+    "--window",
+    type=click.IntRange(min=1),
+    help="Window size [default: recorded by training, else the patch size].",
 )
 @click.option(
-    "--stride", type=int, help="Window stride [default: recorded by training, else window/2]."
+    "--stride",
+    type=click.IntRange(min=1),
+    help="Window stride [default: recorded by training, else window/2].",
 )
 @click.option(
     "--blend",
     type=click.Choice(["sum", "cosine"]),
     help="Combine overlaps: raw logits summed (papers) or cosine-blended probabilities.",
 )
-@click.option("--batch-size", default=8, show_default=True, help="Windows per forward pass.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Windows per forward pass.",
+)
 @click.option(
     "--weights", help="Encoder weights file, when it moved since training (sha256 checked)."
 )
 @click.option(
-    "--labels", help="ISPRS label variant to score against (full, eroded) [default: as trained]."
+    "--labels",
+    type=click.Choice(["full", "eroded"]),
+    help="ISPRS label variant to score against [default: as trained].",
 )
-@click.option("--device", help="Device (cpu, cuda, cuda:1) [default: cuda when available].")
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="Device: auto (cuda when available), cpu, cuda, cuda:N or mps.",
+)
 @click.option(
     "-o",
     "--output",
@@ -93,5 +110,13 @@ def evaluate(
             progress=not quiet,
             echo=click.echo,
         )
-    except (CheckpointError, FileNotFoundError, ValueError, KeyError) as exc:
-        raise click.ClickException(str(exc).strip("'\"")) from None
+    except (CheckpointError, ValueError, KeyError, OSError) as exc:
+        # ValueError covers DeviceError, EvaluateError and corrupt rasters; OSError missing,
+        # read-only or full output folders and raster read errors (RasterioIOError).
+        raise click.ClickException(_one_line(exc)) from None
+
+
+def _one_line(exc: BaseException) -> str:
+    """The error as one line (first line of its message; the type when it has none)."""
+    text = str(exc).strip().strip("'\"")
+    return text.splitlines()[0] if text else type(exc).__name__

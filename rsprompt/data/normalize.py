@@ -546,15 +546,29 @@ class Normalization:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Normalization:
-        """Inverse of :meth:`to_dict`.
+        """Inverse of :meth:`to_dict`; checks the record (it may come from a foreign checkpoint).
 
         Raises:
-            ValueError: If the aux kind is unknown.
+            ValueError: If the record is malformed (not a mapping, missing or unknown fields,
+                wrong value types, an unknown aux kind); the message says which part.
         """
-        aux = d.get("aux")
+        if not isinstance(d, dict):
+            raise ValueError(f"malformed normalization record: expected a mapping, got {d!r:.80}")
+        optical, aux = d.get("optical"), d.get("aux")
+        if not isinstance(optical, dict):
+            raise ValueError(f"malformed normalization record: optical is {optical!r:.80}")
+        try:
+            optical = OpticalNormalizer.from_dict(optical)
+        except KeyError as e:
+            raise ValueError(f"malformed optical normalization {optical!r:.120}: no {e}") from None
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"malformed optical normalization {optical!r:.120}: {e}") from None
         if aux is not None:
-            kind = aux.get("kind")
+            kind = aux.get("kind") if isinstance(aux, dict) else None
             if kind not in _AUX_KINDS:
-                raise ValueError(f"unknown aux normaliser kind {kind!r}")
-            aux = _AUX_KINDS[kind].from_dict(aux)  # type: ignore[attr-defined]
-        return cls(optical=OpticalNormalizer.from_dict(d["optical"]), aux=aux)
+                raise ValueError(f"unknown aux normaliser kind {kind!r} in {aux!r:.80}")
+            try:
+                aux = _AUX_KINDS[kind].from_dict(aux)  # type: ignore[attr-defined]
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"malformed {kind} normalization {aux!r:.120}: {e}") from None
+        return cls(optical=optical, aux=aux)

@@ -15,7 +15,8 @@ Example:
 
 from __future__ import annotations
 
-import importlib
+import inspect
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -34,6 +35,10 @@ from rsprompt.engine.metrics import (
 from rsprompt.models.base import SegmentationModel
 
 Blend = Literal["sum", "cosine"]
+
+
+class EvaluateError(ValueError):
+    """Evaluation cannot run as asked (the message names the file or option and the problem)."""
 
 
 def window_offsets(length: int, window: int, stride: int) -> list[int]:
@@ -192,11 +197,17 @@ def evaluate_tiles(
         pred = scores.argmax(0)
         target = torch.as_tensor(np.asarray(tile["mask"]).astype(np.int64), device=device)
         metrics.update(pred, target)
-        one = SegmentationMetrics(class_names, ignore_index, mean_classes).to(device)
+        one = SegmentationMetrics(class_names, ignore_index, mean_classes, warn=False).to(device)
         one.update(pred, target)
         r = one.compute()
         per_tile.append(
-            {"name": str(tile.get("name")), "oa": r["oa"], "miou": r["miou"], "pixels": r["pixels"]}
+            {
+                "name": str(tile.get("name")),
+                "oa": r["oa"],
+                "miou": r["miou"],
+                "pixels": r["pixels"],
+                "out_of_range_pixels": r["out_of_range_pixels"],
+            }
         )
     cm = metrics.confusion().cpu()
     result = metrics.compute()
@@ -204,29 +215,202 @@ def evaluate_tiles(
     return result, cm
 
 
-def _import(path: str) -> Any:
-    module, _, name = path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
+def datamodule_class(name: str, source: str | Path = "checkpoint") -> type:
+    """The registered rsprompt datamodule a checkpoint names (nothing is imported by name).
+
+    Args:
+        name: ``meta["datamodule"]``: the class path recorded by training
+            (``rsprompt.data.datamodules.VaihingenDataModule``), a class name or a dataset name
+            (``vaihingen``).
+        source: Name of the checkpoint, for messages.
+
+    Raises:
+        CheckpointError: If ``name`` is not one of :data:`rsprompt.data.datamodules.DATAMODULES`.
+    """
+    from rsprompt.data.datamodules import DATAMODULES
+    from rsprompt.engine.checkpoint import CheckpointError
+
+    known: dict[str, type] = {}
+    for key, cls in DATAMODULES.items():
+        for alias in (key, cls.__name__, f"{cls.__module__}.{cls.__qualname__}"):
+            known[alias] = cls
+    if not isinstance(name, str) or name not in known:
+        raise CheckpointError(
+            f"{source}: the checkpoint names the datamodule {name!r}, which is not an rsprompt "
+            f"datamodule ({', '.join(sorted(DATAMODULES))}); evaluate rebuilds registered "
+            f"datamodules only"
+        )
+    return known[name]
 
 
-def datamodule_from_meta(meta: dict[str, Any], root: str | Path, **overrides: Any) -> Any:
+def _keywords(cls: type) -> set[str]:
+    """Keyword names ``cls(...)`` accepts, following ``**kwargs`` to its dataset class."""
+    names: set[str] = set()
+    for c in (cls, getattr(cls, "dataset_class", None)):
+        if c is None:
+            break
+        params = inspect.signature(c.__init__).parameters
+        names |= {
+            n
+            for n, p in params.items()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n != "self"
+        }
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            break
+    return names - _NOT_FROM_CHECKPOINT
+
+
+#: Constructor arguments a checkpoint never sets: given by evaluate itself, or code (callables).
+_NOT_FROM_CHECKPOINT = frozenset({"root", "split", "augment", "transforms"})
+
+
+#: Keyword values a checkpoint may hand to a datamodule (plain JSON scalars).
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _checked_kwargs(cls: type, kwargs: dict[str, Any], source: str | Path) -> dict[str, Any]:
+    """Keep ``kwargs`` only when ``cls`` accepts every name and every value is a JSON scalar."""
+    from rsprompt.engine.checkpoint import CheckpointError
+
+    accepted = _keywords(cls)
+    unknown = sorted(k for k in kwargs if k not in accepted)
+    if unknown:
+        raise CheckpointError(
+            f"{source}: {cls.__name__} takes no option(s) {', '.join(map(repr, unknown))} "
+            f"(recorded in the checkpoint or given on the command line)"
+        )
+    bad = sorted(k for k, v in kwargs.items() if not isinstance(v, _SCALARS))
+    if bad:
+        raise CheckpointError(
+            f"{source}: datamodule option(s) {', '.join(map(repr, bad))} must be plain values"
+        )
+    return kwargs
+
+
+def _checked_normalization(record: Any, source: str | Path) -> Any:
+    """The checkpoint's normalisation as a Normalization, or a clear error naming the file."""
+    from rsprompt.data.normalize import Normalization
+    from rsprompt.engine.checkpoint import CheckpointError
+
+    try:
+        return Normalization.from_dict(record)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{source}: malformed normalization record: {e}") from None
+
+
+def datamodule_from_meta(
+    meta: dict[str, Any], root: str | Path, *, source: str | Path = "checkpoint", **overrides: Any
+) -> Any:
     """Rebuild the checkpoint's datamodule on ``root`` with its normalisation and options.
+
+    Only registered rsprompt datamodules are rebuilt (:func:`datamodule_class`), with options
+    their constructor (or their dataset's) takes, as plain values: nothing named by a checkpoint
+    is imported or called.
 
     Raises:
         ValueError: If the checkpoint records no datamodule.
+        CheckpointError: An unknown datamodule, unknown or non-plain options, or a malformed
+            normalisation record.
     """
     path = meta.get("datamodule")
     if not path:
         raise ValueError("the checkpoint records no datamodule (was it trained by rsprompt train?)")
-    cls = _import(path)
-    kwargs = dict(meta.get("datamodule_kwargs") or {})
+    cls = datamodule_class(path, source)
+    kwargs = meta.get("datamodule_kwargs") or {}
+    if not isinstance(kwargs, dict):
+        from rsprompt.engine.checkpoint import CheckpointError
+
+        raise CheckpointError(f"{source}: malformed datamodule_kwargs {kwargs!r}")
+    kwargs = dict(kwargs)
     kwargs.update({k: v for k, v in overrides.items() if v is not None})
     if meta.get("patch_size"):
         kwargs.setdefault("patch_size", meta["patch_size"])
+    kwargs.pop("augment", None)
+    kwargs = _checked_kwargs(cls, kwargs, source)
     if meta.get("normalization") is not None:
-        kwargs.setdefault("normalization", meta["normalization"])
-    kwargs.setdefault("augment", False)
-    return cls(root, **kwargs)
+        kwargs["normalization"] = _checked_normalization(meta["normalization"], source)
+    return cls(root, augment=False, **kwargs)
+
+
+def _positive(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
+        raise EvaluateError(f"{name} must be a positive integer, got {value!r}")
+    if value < 1:
+        raise EvaluateError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_output_folder(out: str | Path) -> Path:
+    """Check, before any work, that ``out`` is (or can be created as) a writable folder.
+
+    Nothing is created here.
+
+    Raises:
+        EvaluateError: ``out`` (or a parent) is a file, or the folder is not writable.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise EvaluateError(f"output {out} exists and is not a folder")
+    probe = out
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise EvaluateError(f"cannot create the output folder {out}: {probe} is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise EvaluateError(f"output folder {out} cannot be written ({probe} is read-only)")
+    return out
+
+
+def check_labels(dataset: Any, split: str, root: str | Path) -> None:
+    """Every tile to score has a label file.
+
+    Raises:
+        EvaluateError: Naming the tiles without labels.
+    """
+    missing = [t.name for t in getattr(dataset, "tiles", []) if getattr(t, "label", "") is None]
+    if missing:
+        names = ", ".join(missing[:10]) + (" …" if len(missing) > 10 else "")
+        raise EvaluateError(
+            f"no labels for tile {names} (split {split!r} under {root}): evaluation needs the "
+            f"label raster of every tile"
+        )
+
+
+def _protocol(
+    meta: dict[str, Any], window: int | None, stride: int | None, blend: Blend | None
+) -> tuple[int, int, Blend]:
+    """Window, stride and blend: as given, else as recorded by training, else the defaults.
+
+    A given value is never replaced (``0`` is an error, not "the default").
+    """
+    ev = meta.get("evaluation") or {}
+    if window is None:
+        window = ev.get("window") or meta.get("patch_size") or 256
+    window = _positive("window", window)
+    if stride is None:
+        stride = ev.get("stride") or max(1, window // 2)
+    stride = _positive("stride", stride)
+    blend = blend or ev.get("blend") or "sum"
+    if blend not in ("sum", "cosine"):
+        raise EvaluateError(f"blend must be 'sum' or 'cosine', got {blend!r}")
+    return window, stride, blend
+
+
+def _zero_shot_split(meta: dict[str, Any]) -> tuple[list[str], list[int] | None, list[int] | None]:
+    """Class names, and the seen/unseen class indices of a zero-shot checkpoint."""
+    names = list(meta["classes"])
+    unseen_names = meta.get("unseen_classes") or []
+    if not unseen_names:
+        return names, None, None
+    lower = [n.lower() for n in names]
+    unseen = [lower.index(n.lower()) for n in unseen_names]
+    return names, [i for i in range(len(names)) if i not in unseen], unseen
+
+
+def _close(dm: Any) -> None:
+    for d in (getattr(dm, "datasets", None) or {}).values():
+        if callable(getattr(d, "close", None)):
+            d.close()
 
 
 def evaluate_checkpoint(
@@ -248,32 +432,37 @@ def evaluate_checkpoint(
     """Evaluate ``model.ckpt`` on a split of the dataset at ``root``; write JSON and PNG.
 
     Defaults come from the checkpoint (window/stride/blend recorded by training, else the patch
-    size and half of it).
+    size and half of it). Options, the device and the output folder are checked before the model
+    is loaded; every tile of the split must have a label.
 
     Returns:
         The metrics (also written to ``<output>/metrics.json``; the confusion matrix to
-        ``<output>/confusion.png``).
+        ``<output>/confusion.png``). ``out_of_range_pixels`` counts label pixels outside the
+        classes (other than the ignore index), which are left out of the metrics.
+
+    Raises:
+        EvaluateError: Bad options, output folder or missing labels.
+        CheckpointError: An unreadable or untrusted checkpoint, or one naming an unknown
+            datamodule, unknown options or a malformed normalisation.
+        rsprompt.engine.device.DeviceError: An unknown or absent device.
     """
     from rsprompt.engine.checkpoint import load_model_checkpoint
+    from rsprompt.engine.device import resolve_device
 
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    batch_size = _positive("batch size", batch_size)
+    for name, value in (("window", window), ("stride", stride)):
+        if value is not None:
+            _positive(name, value)
+    dev = resolve_device(device)
+    out = Path(output) if output is not None else Path(checkpoint).parent / f"eval_{split}"
+    check_output_folder(out)
     model, meta = load_model_checkpoint(checkpoint, weights=weights, device=dev)
-    ev = meta.get("evaluation") or {}
-    window = int(window or ev.get("window") or meta.get("patch_size") or 256)
-    stride = int(stride or ev.get("stride") or max(1, window // 2))
-    blend = blend or ev.get("blend") or "sum"
-    dm = datamodule_from_meta(meta, root, **(dataset_overrides or {}))
-    names = list(meta["classes"])
-    unseen_names = meta.get("unseen_classes") or []
-    lower = [n.lower() for n in names]
-    unseen = [lower.index(n.lower()) for n in unseen_names] if unseen_names else None
-    seen = [i for i in range(len(names)) if i not in (unseen or [])] if unseen else None
+    window, stride, blend = _protocol(meta, window, stride, blend)
+    dm = datamodule_from_meta(meta, root, source=checkpoint, **(dataset_overrides or {}))
+    names, seen, unseen = _zero_shot_split(meta)
     try:
         ds = dm.dataset(split)
-        total = len(ds.tiles)
-    except Exception:
-        total = None
-    try:
+        check_labels(ds, split, root)
         result, cm = evaluate_tiles(
             model,
             dm.tiles(split),
@@ -288,13 +477,10 @@ def evaluate_checkpoint(
             unseen=unseen,
             device=dev,
             progress=progress,
-            total=total,
+            total=len(ds.tiles),
         )
     finally:
-        for d in (getattr(dm, "datasets", None) or {}).values():
-            if callable(getattr(d, "close", None)):
-                d.close()
-    out = Path(output) if output is not None else Path(checkpoint).parent / f"eval_{split}"
+        _close(dm)
     extra = {
         "checkpoint": str(checkpoint),
         "root": str(root),
@@ -305,11 +491,15 @@ def evaluate_checkpoint(
         "method": meta["method"],
         "encoder": meta["encoder"],
     }
-    write_metrics_json(out / "metrics.json", result, **extra)
-    plot_confusion(cm, names, out / "confusion.png")
     result["confusion_matrix"] = cm.tolist()
     write_metrics_json(out / "metrics.json", result, **extra)
+    plot_confusion(cm, names, out / "confusion.png")
     if echo is not None:
         echo(format_table(result))
+        if result["out_of_range_pixels"]:
+            echo(
+                f"{result['out_of_range_pixels']:,} label pixel(s) with values "
+                f"{result['out_of_range_values'][:10]} outside the classes were left out"
+            )
         echo(f"metrics: {out / 'metrics.json'}  confusion matrix: {out / 'confusion.png'}")
     return {**extra, **result, "output": str(out)}

@@ -116,7 +116,8 @@ def _parse_tiles(values: tuple[str, ...]) -> list[str] | None:
     "--tiles",
     multiple=True,
     help="Layout tiles (repeatable or comma-separated): Vaihingen area numbers, "
-    "Potsdam a_b, WHU scene names. Default: 2 training + 1 test tile.",
+    "Potsdam a_b, WHU scene names. Default: 2 training, 1 validation and 1 test tile "
+    "(enough for the shipped configs to train).",
 )
 @click.option(
     "--labels-flat",
@@ -172,7 +173,7 @@ def synth(
       rsprompt synth --out s --aux-crs EPSG:32632 --aux-resolution 0.5 --aux-nodata-border 4
       rsprompt synth --layout vaihingen --out data/vaihingen --size 256 --tiles 1,3,2
     """
-    from rsprompt.data.synthetic import generate_scene, write_layout, write_scene
+    from rsprompt.data.synthetic import generate_scene, trainable_tiles, write_layout, write_scene
 
     try:
         if layout is not None:
@@ -209,7 +210,7 @@ def synth(
             written = write_layout(
                 out,
                 layout,
-                tiles=_parse_tiles(tiles),
+                tiles=_parse_tiles(tiles) or trainable_tiles(layout),
                 size=size,
                 seed=seed,
                 overwrite=overwrite,

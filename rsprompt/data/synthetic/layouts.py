@@ -37,6 +37,10 @@ DEFAULT_TILES: dict[str, tuple[TileId, ...]] = {
     "potsdam": ("2_10", "2_11", "2_13"),
     "whu-opt-sar": ("NH49E004021", "NH49E005014", "NH49E001014"),
 }
+#: One validation tile per layout, in the ``val`` split of every split variant: Vaihingen 32
+#: (official), Potsdam 7_11 (official and mobanet), WHU-OPT-SAR NH49E007024 (held out of the
+#: training scenes). :func:`trainable_tiles` adds it to :data:`DEFAULT_TILES`.
+VAL_TILES: dict[str, TileId] = {"vaihingen": 32, "potsdam": "7_11", "whu-opt-sar": "NH49E007024"}
 
 VAIHINGEN_COMPLETE = "ISPRS_semantic_labeling_Vaihingen_ground_truth_COMPLETE"
 VAIHINGEN_ERODED_COMPLETE = "ISPRS_semantic_labeling_Vaihingen_ground_truth_eroded_COMPLETE"
@@ -351,7 +355,8 @@ def write_layout(
         out_dir: Dataset root folder (created when missing).
         layout: ``vaihingen``, ``potsdam`` or ``whu-opt-sar``.
         tiles: Tile ids (Vaihingen area numbers, Potsdam ``"a_b"``, WHU scene names); default
-            two training tiles and one test tile (:data:`DEFAULT_TILES`).
+            two training tiles and one test tile (:data:`DEFAULT_TILES`); pass
+            :func:`trainable_tiles` for a folder the shipped configs can train on.
         size: Tile size in pixels, ``N`` or ``(height, width)`` (real tiles: Vaihingen ~2000×2500,
             Potsdam 6000×6000, WHU 3704×5556).
         seed: Base seed; each tile's scene is seeded from ``(seed, tile)``.
@@ -448,3 +453,17 @@ def write_layout(
 def default_tiles(layout: str) -> tuple[TileId, ...]:
     """The tiles :func:`write_layout` writes by default (2 training + 1 test tile)."""
     return DEFAULT_TILES[layout]
+
+
+def trainable_tiles(layout: str) -> tuple[TileId, ...]:
+    """Two training, one validation and one test tile: every split the shipped configs read.
+
+    ``rsprompt train`` needs a validation tile (the datamodules hold the ``val`` split out of the
+    training tiles); ``rsprompt synth --layout`` writes these tiles by default.
+
+    Example:
+        >>> trainable_tiles("potsdam")
+        ('2_10', '2_11', '7_11', '2_13')
+    """
+    train, test = DEFAULT_TILES[layout][:2], DEFAULT_TILES[layout][2:]
+    return (*train, VAL_TILES[layout], *test)

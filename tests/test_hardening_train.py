@@ -66,7 +66,7 @@ def test_package_weights_are_recorded_with_the_shipped_files_sha256():
 
 def test_package_checkpoint_refuses_another_weights_file(tmp_path):
     shipped = efficientnet_lite0_package_path()
-    meta = _package_meta({"path": "package", "sha256": _sha256(shipped)})
+    meta = _package_meta(weights_record("package"))  # as training records it
     other = tmp_path / "other.pth"
     torch.save({"w": torch.ones(3)}, other)
     with pytest.raises(CheckpointError, match="do not match"):
@@ -81,7 +81,7 @@ def test_package_checkpoint_refuses_another_weights_file(tmp_path):
 
 def test_package_checkpoint_refuses_a_changed_package_file(tmp_path, monkeypatch):
     shipped = efficientnet_lite0_package_path()
-    meta = _package_meta({"path": "package", "sha256": _sha256(shipped)})
+    meta = _package_meta(weights_record("package"))  # as training records it
     changed = tmp_path / "efficientnet_lite0.pth"
     data = shipped.read_bytes()
     changed.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # the last byte differs
@@ -278,4 +278,24 @@ def test_failure_before_training_leaves_no_log_folder(trained_run, tmp_path, cas
     res = _train_cli(*args)
     assert res.exit_code == 1 and "Traceback" not in res.output, res.output
     assert not (out / "lightning_logs").exists()
+    assert not (out / "model.ckpt").exists()
+
+
+def test_raster_read_error_during_training_is_one_line(trained_run, tmp_path, monkeypatch):
+    """Probe F8: a read error mid-training is one line (the data layer names the file); the run
+    trained no step, so no model.ckpt is written."""
+    from rasterio.errors import RasterioIOError
+
+    from rsprompt.data.datasets.base import MultimodalTileDataset
+
+    def corrupt(self, index):
+        raise RasterioIOError(f"Read failed. {self.tiles[0].image}: corrupt block")
+
+    monkeypatch.setattr(MultimodalTileDataset, "__getitem__", corrupt)
+    root, _ = trained_run
+    out = tmp_path / "new"
+    res = _train_cli(*tiny_args("mobanet_vaihingen.yaml", root, out, steps=2))
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    errors = [ln for ln in res.output.splitlines() if ln.startswith("Error:")]
+    assert len(errors) == 1 and "Read failed" in errors[0] and "top_mosaic" in errors[0]
     assert not (out / "model.ckpt").exists()

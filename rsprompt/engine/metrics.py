@@ -220,9 +220,10 @@ class SegmentationMetrics(nn.Module):
         return self.confmat.compute().long()
 
     def out_of_range_pixels(self) -> int:
-        """Label pixels outside ``0..K-1`` (not ``ignore_index``) seen since the last reset."""
-        if not self.out_of_range.update_count:
-            return 0
+        """Label pixels outside ``0..K-1`` (not ``ignore_index``) seen since the last reset.
+
+        Synchronised across DDP processes like the confusion matrix (every rank must call it).
+        """
         return int(self.out_of_range.compute())
 
     def compute(self) -> dict[str, Any]:

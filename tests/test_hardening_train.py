@@ -299,3 +299,13 @@ def test_raster_read_error_during_training_is_one_line(trained_run, tmp_path, mo
     errors = [ln for ln in res.output.splitlines() if ln.startswith("Error:")]
     assert len(errors) == 1 and "Read failed" in errors[0] and "top_mosaic" in errors[0]
     assert not (out / "model.ckpt").exists()
+
+
+def test_refused_resume_message_names_the_checkpoint(trained_run, tmp_path):
+    root, run = _copy_run(trained_run, tmp_path)
+    args = tiny_args("mobanet_vaihingen.yaml", root, run, steps=6)
+    res = _train_cli(*args, "--ckpt_path", "last", "--model.encoder_seed", "1")
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    errors = [ln for ln in res.output.splitlines() if ln.startswith("Error:")]
+    assert len(errors) == 1 and str(run / "checkpoints" / "last.ckpt") in errors[0]
+    assert "seed 0" in errors[0] and "seed 1" in errors[0]

@@ -252,6 +252,11 @@ def run_train(args: list[str] | None = None) -> dict[str, Any]:
     new_dirs = _new_log_dirs(trainer)
     try:
         trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt, weights_only=True)
+    except CheckpointError as e:  # the task refused the resume checkpoint: name it
+        _remove_empty(new_dirs)
+        if ckpt is None or str(e).startswith(ckpt):
+            raise
+        raise CheckpointError(f"{ckpt}: {e}") from e
     except BaseException:
         if not export.trained(trainer):  # failed before training: leave no empty log folder
             _remove_empty(new_dirs)

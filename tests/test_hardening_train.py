@@ -309,3 +309,20 @@ def test_refused_resume_message_names_the_checkpoint(trained_run, tmp_path):
     errors = [ln for ln in res.output.splitlines() if ln.startswith("Error:")]
     assert len(errors) == 1 and str(run / "checkpoints" / "last.ckpt") in errors[0]
     assert "seed 0" in errors[0] and "seed 1" in errors[0]
+
+
+def test_resume_compares_weights_hashes():
+    """Item 4 on resume: another hash is refused; an old unhashed 'package' record resumes with
+    a warning (same weights name), an unhashed record of another name is refused."""
+    from rsprompt.engine.task import _check_resumed_weights
+
+    lite = {"path": "package", "sha256": "a" * 64}
+    _check_resumed_weights(lite, dict(lite))
+    _check_resumed_weights(None, None)
+    with pytest.raises(CheckpointError, match="does not match"):
+        _check_resumed_weights({"path": "package", "sha256": "b" * 64}, lite)
+    with pytest.raises(CheckpointError, match="does not match"):
+        _check_resumed_weights(None, lite)
+    with pytest.raises(CheckpointError, match="does not match"):
+        _check_resumed_weights({"path": "/w.pth", "sha256": None}, lite)
+    _check_resumed_weights({"path": "package", "sha256": None}, lite)  # warns (logged)

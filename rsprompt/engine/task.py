@@ -196,6 +196,33 @@ def _restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _check_resumed_weights(old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+    """Refuse a resume checkpoint whose encoder weights differ from this run's.
+
+    A resume checkpoint written before "package" weights were hashed (``sha256`` null) resumes
+    with the same weights name, with a warning.
+
+    Raises:
+        CheckpointError: Random vs. pretrained encoder, or another weights file / hash.
+    """
+    mismatch = CheckpointError(
+        f"resume checkpoint used encoder weights {old}, this run uses {new}: the encoder does "
+        f"not match"
+    )
+    if (old is None) != (new is None):
+        raise mismatch
+    if old is None or new is None or old.get("sha256") == new.get("sha256"):
+        return
+    if old.get("sha256") or old.get("path") != new.get("path"):
+        raise mismatch
+    log.warning(
+        "the resume checkpoint records no sha256 for its %r encoder weights (older rsprompt): "
+        "they cannot be verified against this run's (sha256 %s)",
+        old.get("path"),
+        new.get("sha256"),
+    )
+
+
 class SegmentationTask(pl.LightningModule):
     """Train a registered method with its own losses; validate with OA/IoU/F1.
 
@@ -531,16 +558,10 @@ class SegmentationTask(pl.LightningModule):
                     f"resume checkpoint was trained with {key}={meta.get(key)!r}, this run has "
                     f"{mine.get(key)!r}"
                 )
-        old, new = meta.get("weights"), mine.get("weights")
-        if (old is None) != (new is None) or (
-            old is not None and old.get("sha256") != new.get("sha256")
-        ):
-            raise CheckpointError(
-                f"resume checkpoint used encoder weights {old}, this run uses {new}: the encoder "
-                f"does not match"
-            )
+        _check_resumed_weights(meta.get("weights"), mine.get("weights"))
         fp_old, fp_new = meta.get("encoder_fingerprint"), mine.get("encoder_fingerprint")
-        if old is None and meta.get("encoder_seed") != mine.get("encoder_seed"):
+        random_encoder = meta.get("weights") is None
+        if random_encoder and meta.get("encoder_seed") != mine.get("encoder_seed"):
             raise CheckpointError(
                 f"resume checkpoint's random encoder (seed {meta.get('encoder_seed')}) differs "
                 f"from this run's (seed {mine.get('encoder_seed')})"

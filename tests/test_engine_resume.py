@@ -15,7 +15,8 @@ def _state(path):
 
 @pytest.mark.slow  # ~10 s idle, up to a minute on a loaded machine; the fast variant is in
 # test_engine_task.py (tiny datamodule)
-def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("RSPROMPT_ALLOW_IMPORTS", "engine_fixtures")  # the test's own callback
     root = _make("vaihingen", tmp_path)
 
     def args(out, *extra):

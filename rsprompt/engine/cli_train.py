@@ -19,6 +19,7 @@ trained into with ``--ckpt_path`` (continue) or ``--overwrite`` (replace).
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -212,8 +213,43 @@ def close_datasets(datamodule: Any) -> None:
             close()
 
 
+#: Packages whose classes a config or the command line may name (``class_path``).
+ALLOWED_IMPORTS = (
+    "rsprompt",
+    "lightning",
+    "pytorch_lightning",
+    "torch",
+    "torchmetrics",
+    "torchgeo",
+)
+#: Extra packages the user allows, comma-separated (e.g. ``RSPROMPT_ALLOW_IMPORTS=mylab.data``).
+ALLOW_IMPORTS_ENV = "RSPROMPT_ALLOW_IMPORTS"
+
+
+def restrict_imports() -> list[str]:
+    """Let configs name classes only from :data:`ALLOWED_IMPORTS` and the user's additions.
+
+    A ``class_path`` in a config file or on the command line makes jsonargparse import a module,
+    which runs its code; anything outside the allow-list is refused before it is imported. The
+    user widens the list with the environment variable :data:`ALLOW_IMPORTS_ENV`.
+
+    Returns:
+        The allowed import prefixes.
+    """
+    from jsonargparse import set_parsing_settings
+
+    extra = [e.strip() for e in os.environ.get(ALLOW_IMPORTS_ENV, "").split(",") if e.strip()]
+    allowed = [*ALLOWED_IMPORTS, *extra]
+    try:
+        set_parsing_settings(import_path_denylist=["*"], import_path_allowlist=allowed)
+    except ValueError as exc:
+        raise ValueError(f"{ALLOW_IMPORTS_ENV}: {exc}") from None
+    return allowed
+
+
 def make_cli(args: list[str] | None) -> TrainCLI:
     """Parse ``args`` and instantiate the task, datamodule and trainer (no training yet)."""
+    restrict_imports()
     # The click command hands its arguments over as ``args``: LightningCLI's warning about
     # sys.argv also holding them does not apply.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")

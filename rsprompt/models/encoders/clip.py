@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import hashlib
 import json
 import logging
 import math
@@ -46,6 +45,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from rsprompt.models.weights import sha256_file
 
 #: RPN's released code normalised images with ImageNet statistics (not CLIP's own).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -152,14 +153,6 @@ def get_tokenizer(context_length: int):
     from open_clip.tokenizer import SimpleTokenizer
 
     return SimpleTokenizer(context_length=context_length)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class ClipTextTower(nn.Module):
@@ -316,7 +309,7 @@ def build_clip(
         context_length=text.context_length,
         quick_gelu=quick_gelu,
         weights=weights_path.name if weights_path else None,
-        weights_sha256=_sha256(weights_path) if weights_path else None,
+        weights_sha256=sha256_file(weights_path) if weights_path else None,
         library_version=str(open_clip.__version__),
     )
     return visual, text, spec

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,3 +22,16 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real sample data not found at {SHARED_DATA} (only CI and developers have it)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def tiny_method() -> Iterator[str]:
+    """The test-only method ``tiny`` (tests/engine_fixtures.py), registered for one test only.
+
+    Use ``pytestmark = pytest.mark.usefixtures("tiny_method")`` for a whole module, or
+    ``engine_fixtures.registered_tiny()`` as a context manager.
+    """
+    import engine_fixtures
+
+    with engine_fixtures.registered_tiny() as name:
+        yield name

@@ -1,10 +1,23 @@
 """A tiny SegmentationModel and datamodule for the engine tests (importable by subprocesses).
 
-``register()`` adds the method ``tiny`` to the registry (idempotent).
+The test-only method ``tiny`` is NOT registered by importing this module inside pytest, so it
+never leaks into the method registry that other tests (``rsprompt info``, ``available_methods``)
+see. Tests ask for it explicitly:
+
+- the ``tiny_method`` fixture (``tests/conftest.py``), e.g.
+  ``pytestmark = pytest.mark.usefixtures("tiny_method")``;
+- ``with registered_tiny(): ...`` (registers, and restores the registry on exit);
+- ``register()`` / ``unregister()`` for code that manages the registry itself.
+
+A helper script run as its own process (``scripts/ddp_smoke.py``, whose DDP ranks re-execute it)
+gets ``tiny`` registered at import, as before: outside pytest there is no shared registry to spoil.
 """
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import lightning.pytorch as pl
@@ -68,12 +81,48 @@ def build_tiny(encoder: str, num_classes: int, aux_channels: int, weights=None, 
     return TinyModel(encoder, num_classes, aux_channels, weights=weights, **kw)
 
 
+#: The test-only method's registry name.
+METHOD = "tiny"
+
+
 def register() -> None:
-    registry.METHOD_MODULES.setdefault("tiny", __name__)
-    registry._BUILDERS["tiny"] = build_tiny
+    """Add the method ``tiny`` to the registry (idempotent; prefer :func:`registered_tiny`)."""
+    registry.METHOD_MODULES[METHOD] = __name__
+    registry._BUILDERS[METHOD] = build_tiny
 
 
-register()
+def unregister() -> None:
+    """Remove the method ``tiny`` from the registry (no-op when absent)."""
+    registry.METHOD_MODULES.pop(METHOD, None)
+    registry._BUILDERS.pop(METHOD, None)
+
+
+def is_registered() -> bool:
+    """Whether ``tiny`` is in the registry now."""
+    return METHOD in registry.METHOD_MODULES
+
+
+@contextmanager
+def registered_tiny() -> Iterator[str]:
+    """Register ``tiny`` for the ``with`` block; on exit, restore the registry as it was.
+
+    Yields:
+        The method name, ``"tiny"``.
+    """
+    before = (registry.METHOD_MODULES.get(METHOD), registry._BUILDERS.get(METHOD))
+    register()
+    try:
+        yield METHOD
+    finally:
+        unregister()
+        if before[0] is not None:
+            registry.METHOD_MODULES[METHOD] = before[0]
+        if before[1] is not None:
+            registry._BUILDERS[METHOD] = before[1]
+
+
+if "pytest" not in sys.modules:  # a helper script's own process (see the module docstring)
+    register()
 
 
 class RandomSegData(Dataset):

@@ -1,4 +1,6 @@
-import engine_fixtures as ef
+import hashlib
+import zipfile
+
 import pytest
 import torch
 
@@ -10,7 +12,24 @@ from rsprompt.engine.checkpoint import (
 )
 from rsprompt.models.registry import build_model
 
-ef.register()
+pytestmark = pytest.mark.usefixtures("tiny_method")
+
+#: What model.ckpt must hold for the tiny model (engine_fixtures.TinyModel), by hand: the trainable
+#: modules used at inference (aux_stem conv, adapter conv + BatchNorm with its buffers, decoder),
+#: never the frozen ``encoder`` conv nor the training-only ``aux_head``.
+INFERENCE_TENSORS = {
+    "aux_stem.weight",
+    "aux_stem.bias",
+    "adapter.0.weight",
+    "adapter.0.bias",
+    "adapter.1.weight",
+    "adapter.1.bias",
+    "adapter.1.running_mean",
+    "adapter.1.running_var",
+    "adapter.1.num_batches_tracked",
+    "decoder.weight",
+    "decoder.bias",
+}
 
 
 def _trained(seed=0, weights=None):
@@ -57,11 +76,31 @@ def test_roundtrip_random_encoder(tmp_path):
     assert not m2.training
 
 
-def test_size_is_trainable_inference_tensors(tmp_path):
+def _tensor_bytes_in_file(path) -> int:
+    """Bytes of tensor data stored in a torch.save zip file (its ``<name>/data/<n>`` members)."""
+    with zipfile.ZipFile(path) as z:
+        return sum(i.file_size for i in z.infolist() if i.filename.split("/")[-2:-1] == ["data"])
+
+
+def test_checkpoint_holds_exactly_the_trainable_inference_tensors(tmp_path):
     m = _trained()
     path = save_model_checkpoint(tmp_path / "model.ckpt", m, _meta(m))
-    n = sum(v.numel() for v in m.adapter_state_dict().values())
-    assert path.stat().st_size <= 4 * n * 1.01 + 512_000
+    obj = torch.load(path, weights_only=True)
+    assert set(obj["state_dict"]) == INFERENCE_TENSORS
+    own = m.state_dict()
+    for key, value in obj["state_dict"].items():
+        assert torch.equal(value, own[key]), key  # the trained values, not a fresh init
+    # Every trainable parameter is saved but the training-only head's (independent count:
+    # named_parameters with requires_grad).
+    trainable = {n for n, p in m.named_parameters() if p.requires_grad}
+    assert trainable - set(obj["state_dict"]) == {"aux_head.weight", "aux_head.bias"}
+    # Size: the file's tensor data is exactly these tensors' bytes. The frozen encoder alone
+    # (3·8·3·3 + 8 = 224 float32 = 896 bytes) would exceed it.
+    expected = sum(own[k].numel() * own[k].element_size() for k in INFERENCE_TENSORS)
+    assert _tensor_bytes_in_file(path) == expected
+    encoder = {f"encoder.{k}": v for k, v in m.encoder.state_dict().items()}
+    torch.save({**obj, "state_dict": {**obj["state_dict"], **encoder}}, tmp_path / "fat.ckpt")
+    assert _tensor_bytes_in_file(tmp_path / "fat.ckpt") == expected + 896  # the check can fail
 
 
 def test_weights_file_sha_check(tmp_path):
@@ -76,7 +115,14 @@ def test_weights_file_sha_check(tmp_path):
     wfile.rename(moved)
     with pytest.raises(CheckpointError, match="--weights PATH"):
         load_model_checkpoint(path)
-    load_model_checkpoint(path, weights=str(moved))  # moved file, same sha: accepted
+    model, meta = load_model_checkpoint(path, weights=str(moved))  # moved file, same sha
+    assert meta["weights"]["sha256"] == hashlib.sha256(moved.read_bytes()).hexdigest()
+    loaded = torch.load(moved, weights_only=True)  # the encoder IS the moved file's weights
+    for key, value in loaded.items():
+        assert torch.equal(model.encoder.state_dict()[key], value), key
+    x, a = torch.randn(1, 3, 16, 16), torch.randn(1, 1, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, a), m.eval()(x, a))
     other = tmp_path / "other.pth"
     torch.save(torch.nn.Conv2d(3, 8, 3, padding=1).state_dict(), other)
     with pytest.raises(CheckpointError, match="do not match"):

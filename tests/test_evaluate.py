@@ -9,10 +9,10 @@ from click.testing import CliRunner
 from test_configs import _make, tiny_args
 
 from rsprompt.cli import main
+from rsprompt.engine import task as task_module
 from rsprompt.engine.cli_train import run_train
 from rsprompt.engine.evaluate import evaluate_tiles, sliding_window_logits, window_offsets
-
-ef.register()
+from rsprompt.models.methods.rpn import RPN
 
 
 def test_window_offsets():
@@ -43,8 +43,6 @@ def test_sliding_window_matches_a_pointwise_model(blend):
 
 
 def test_evaluate_tiles_perfect_model():
-    model = ef.TinyModel("x", 2, 0).eval()
-
     class Oracle(torch.nn.Module):
         aux_channels = 0
 
@@ -60,7 +58,6 @@ def test_evaluate_tiles_perfect_model():
     result, cm = evaluate_tiles(Oracle(), [tile], ["a", "b"], window=8, stride=4, progress=False)
     assert result["oa"] == 1.0 and result["miou"] == 1.0 and int(cm.sum()) == 400
     assert result["tiles"][0]["name"] == "t"
-    del model
 
 
 def test_train_evaluate_resume_cli(tmp_path):
@@ -107,11 +104,54 @@ def test_train_evaluate_resume_cli(tmp_path):
     assert result["model_ckpt"] == ckpt
 
 
-def test_rpn_zero_shot_evaluation_reports_seen_unseen_and_hiou(tmp_path):
+#: Potsdam's classes; the shipped RPN config hides tree and car in training (its unseen_classes).
+POTSDAM = ["impervious surfaces", "building", "low vegetation", "tree", "car", "clutter"]
+SEEN, UNSEEN = [0, 1, 2, 5], [3, 4]
+
+
+def _iou_by_hand(cm: list[list[int]]) -> list[float]:
+    """Per-class IoU = TP / (row + column - TP) of a confusion matrix (rows = truth)."""
+    k = len(cm)
+    out = []
+    for i in range(k):
+        tp = cm[i][i]
+        union = sum(cm[i]) + sum(cm[r][i] for r in range(k)) - tp
+        out.append(tp / union if union else float("nan"))
+    return out
+
+
+def _mean(values: list[float]) -> float:
+    kept = [v for v in values if v == v]  # NaN (class absent and never predicted) left out
+    return sum(kept) / len(kept)
+
+
+def test_rpn_zero_shot_evaluation_reports_seen_unseen_and_hiou(tmp_path, monkeypatch):
     """`rsprompt evaluate` on an RPN checkpoint trained with unseen classes ignored."""
+    mapped, vocabularies = [], []
+    original_map, original_loss = task_module.to_seen_targets, RPN.compute_loss
+
+    def spy_map(target, *args, **kwargs):
+        out = original_map(target, *args, **kwargs)
+        mapped.append((target.clone(), out.clone()))
+        return out
+
+    def spy_loss(self, output, target):
+        vocabularies.append(list(self.class_names))
+        return original_loss(self, output, target)
+
+    monkeypatch.setattr(task_module, "to_seen_targets", spy_map)
+    monkeypatch.setattr(RPN, "compute_loss", spy_loss)
     root = _make("potsdam", tmp_path)
     out = tmp_path / "rpn"
     run_train(tiny_args("rpn_potsdam.yaml", root, out, steps=3))
+    # Training saw only the seen names, and the unseen pixels were ignored (255) in its targets.
+    assert vocabularies == [[POTSDAM[i] for i in SEEN]] * 3
+    assert len(mapped) == 3
+    for full, train in mapped:
+        for new, old in enumerate(SEEN):  # seen classes renumbered 0..3 in the training vocabulary
+            assert (train[full == old] == new).all()
+        assert (train[(full == 3) | (full == 4)] == 255).all()
+    assert sum(int(((full == 3) | (full == 4)).sum()) for full, _ in mapped) > 0  # not vacuous
     res = CliRunner().invoke(
         main,
         [
@@ -130,10 +170,26 @@ def test_rpn_zero_shot_evaluation_reports_seen_unseen_and_hiou(tmp_path):
     assert res.exit_code == 0, res.output
     assert "mIoU(seen)" in res.output and "hIoU" in res.output
     metrics = json.loads((out / "eval_test" / "metrics.json").read_text())
-    s, u = metrics["miou_seen"], metrics["miou_unseen"]
-    assert 0.0 <= s <= 1.0 and 0.0 <= u <= 1.0
-    expected = 0.0 if s + u == 0 else 2 * s * u / (s + u)
-    assert metrics["hiou"] == pytest.approx(expected)
+    # Seen/unseen/hIoU recomputed by hand from the confusion matrix over all six classes.
+    cm = metrics["confusion_matrix"]
+    assert len(cm) == 6 and sum(map(sum, cm)) > 0
+    iou = _iou_by_hand(cm)
+    s, u = _mean([iou[i] for i in SEEN]), _mean([iou[i] for i in UNSEEN])
+    assert metrics["miou_seen"] == pytest.approx(s) and metrics["miou_unseen"] == pytest.approx(u)
+    assert metrics["hiou"] == pytest.approx(0.0 if s + u == 0 else 2 * s * u / (s + u))
+
+
+def test_zero_shot_metrics_on_a_hand_confusion_matrix():
+    """mIoU(seen), mIoU(unseen) and hIoU of a 3-class matrix computed by hand."""
+    from rsprompt.engine.metrics import metrics_from_confusion
+
+    # rows = truth. IoU_a = 8/(10+9-8) = 8/11, IoU_b = 6/(8+9-6) = 6/11, IoU_c = 3/(4+4-3) = 3/5
+    cm = torch.tensor([[8, 2, 0], [1, 6, 1], [0, 1, 3]])
+    out = metrics_from_confusion(cm, ["a", "b", "c"], seen=[0, 1], unseen=[2])
+    s, u = (8 / 11 + 6 / 11) / 2, 3 / 5  # 7/11 and 3/5
+    assert out["miou_seen"] == pytest.approx(7 / 11) and out["miou_unseen"] == pytest.approx(u)
+    assert out["hiou"] == pytest.approx(2 * s * u / (s + u))  # = 2·(7/11)·(3/5)/(7/11 + 3/5)
+    assert out["hiou"] == pytest.approx(42 / 68)
 
 
 def test_trained_checkpoint_predicts_a_scene_with_a_dsm_on_another_grid(tmp_path):

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from rsprompt.cli import main
+from rsprompt.models import registry
+from rsprompt.models.params import build_for_counting
 from rsprompt.models.registry import available_methods
 
-#: Paper encoder of each method (a method missing here is still checked by the generic test).
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+#: Paper encoder of each method. A package method missing here is still checked by the generic
+#: test, on the encoder of its shipped config (and fails when it has none).
 PAPER_ENCODERS = {
     "mobanet": "vit_large_patch14_dinov2",
     "dplnet": "mit_b5",
@@ -132,12 +139,58 @@ def test_errors_are_clean():
     assert result.exit_code != 0 and "KEY=VALUE" in result.output
 
 
-@pytest.mark.parametrize("method", available_methods())
+def _package_methods() -> list[str]:
+    """Every method the package registers (test-only methods, e.g. ``tiny``, left out)."""
+    return [m for m in available_methods() if registry.METHOD_MODULES[m].startswith("rsprompt.")]
+
+
+def _encoder_for(method: str) -> str:
+    """The paper encoder of ``method``: the table above, else a shipped config's encoder."""
+    if method in PAPER_ENCODERS:
+        return PAPER_ENCODERS[method]
+    for config in sorted(CONFIGS.glob(f"{method}_*.yaml")):
+        return yaml.safe_load(config.read_text())["model"]["encoder"]
+    pytest.fail(f"no encoder known for method {method!r}: add it to PAPER_ENCODERS")
+
+
+def _counts_by_hand(model) -> dict:
+    """Parameter counts of a built model, from named_parameters alone."""
+    modules: dict[str, int] = {}
+    frozen = 0
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            top = name.split(".", 1)[0]
+            modules[top] = modules.get(top, 0) + p.numel()
+        else:
+            frozen += p.numel()
+    training_only = sum(modules.get(n, 0) for n in type(model).training_only_modules)
+    return {
+        "modules": modules,
+        "frozen": frozen,
+        "trainable": sum(modules.values()),
+        "trainable_inference": sum(modules.values()) - training_only,
+        "decoder": sum(modules.get(n, 0) for n in type(model).decoder_modules),
+    }
+
+
+def test_the_tiny_test_method_is_not_a_package_method():
+    assert "tiny" not in _package_methods()
+    assert set(_package_methods()) >= set(PAPER_ENCODERS)
+
+
+@pytest.mark.parametrize("method", _package_methods())
 def test_every_registered_method(method):
-    encoder = PAPER_ENCODERS.get(method)
-    if encoder is None:
-        pytest.skip(f"no paper encoder listed for {method}")
+    encoder = _encoder_for(method)
     info = run_info("-m", method, "-e", encoder, "-k", "6")
-    assert info["method"] == method
-    assert info["trainable"] == sum(info["modules"].values())
-    assert info["trainable"] >= info["trainable_inference"] > 0
+    assert info["method"] == method and info["encoder"] == encoder
+    model = build_for_counting(method, encoder, 6)
+    expected = _counts_by_hand(model)
+    for key, value in expected.items():
+        assert info[key] == value, key
+    # The encoder is frozen, every parameter of it, and it dwarfs what trains at inference.
+    for name in type(model).frozen_modules:
+        module = getattr(model, name, None)
+        if module is not None:
+            assert not any(p.requires_grad for p in module.parameters()), name
+    assert info["frozen"] > info["trainable_inference"] > 0
+    assert set(info["training_only_modules"]) <= set(info["modules"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 import torch
@@ -136,24 +135,36 @@ def test_h_without_resampling_raises_a_clear_error():
 
 
 def test_vocabulary_change_at_inference(tiny: RPN):
+    """What the model guarantees when the vocabulary changes.
+
+    A class's scores do NOT stay the same when the rest of the vocabulary changes: every class's
+    text embedding feeds the relationship prompts that all patch tokens attend to. What holds:
+    the vocabulary is a set (reordering it reorders the scores and nothing else; the relation
+    tokens carry no position), and a call-time vocabulary equals the same set_vocabulary.
+    """
     x = _image(1)
     tiny.eval()
-    with torch.no_grad():
-        three = tiny(x, class_names=["water", "forest", "road"])
-        assert three.shape == (1, 3, 64, 64)
-        assert tiny.num_classes == 6  # a call-time vocabulary does not change the model's
-        tiny.set_vocabulary(["building", "tree", "car", "solar panel"])
-        assert tiny.num_classes == 4
-        four = tiny(x)
-        assert four.shape == (1, 4, 64, 64)
-        # the same class name gives the same scores whatever the rest of the vocabulary is
-        tiny.set_seen_classes(None)
-        a = tiny(x, class_names=["tree", "car"])
-        b = tiny(x, class_names=["car", "water", "tree"])
-    # relationship prompts depend on the whole vocabulary, so only shapes/finiteness are fixed
-    assert a.shape[1] == 2 and b.shape[1] == 3 and torch.isfinite(b).all()
-    tiny.set_vocabulary(ISPRS)
-    tiny.set_seen_classes(ISPRS)
+    tiny.set_seen_classes(None)  # no calibration: raw sigmoid scores
+    try:
+        with torch.no_grad():
+            three = tiny(x, class_names=["water", "forest", "road"])
+            assert three.shape == (1, 3, 64, 64)
+            assert tiny.num_classes == 6  # a call-time vocabulary does not change the model's
+            tiny.set_vocabulary(["building", "tree", "car", "solar panel"])
+            assert tiny.num_classes == 4
+            four = tiny(x)
+            assert four.shape == (1, 4, 64, 64)
+            same = tiny(x, class_names=["building", "tree", "car", "solar panel"])
+            a = tiny(x, class_names=["tree", "car", "water"])
+            b = tiny(x, class_names=["water", "tree", "car"])  # a permutation of a
+            c = tiny(x, class_names=["tree", "road"])  # another vocabulary around "tree"
+        torch.testing.assert_close(same, four, atol=0, rtol=0)
+        torch.testing.assert_close(b, a[:, [2, 0, 1]], atol=1e-5, rtol=1e-5)
+        assert torch.isfinite(a).all() and ((a >= 0) & (a <= 1)).all()
+        assert not torch.allclose(c[:, 0], a[:, 0], atol=1e-6)  # "tree" depends on the rest
+    finally:
+        tiny.set_vocabulary(ISPRS)
+        tiny.set_seen_classes(ISPRS)
     with pytest.raises(ValueError, match="empty"):
         tiny.set_vocabulary([])
 
@@ -302,7 +313,6 @@ def _blocky_scenes(n: int, seed: int, size: int = 64) -> tuple[torch.Tensor, tor
 def test_short_training_learns_on_synthetic_scenes():
     from rsprompt.engine.zeroshot import confusion_matrix, iou_per_class
 
-    start = time.process_time()  # CPU time of this process (one thread): robust to busy CPUs
     torch.manual_seed(0)
     names = ["impervious surfaces", "building", "low vegetation", "tree"]
     model = build_model("rpn", TINY, 4, img_size=64, class_names=names)
@@ -323,12 +333,10 @@ def test_short_training_learns_on_synthetic_scenes():
     model.eval()
     with torch.no_grad():
         pred = model(x_val).argmax(1)
-    elapsed = time.process_time() - start
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.5 * first, (first, last)
     miou = float(iou_per_class(confusion_matrix(pred, y_val, 4)).nanmean())
     assert miou > 0.6, miou  # chance (uniform random prediction) is about 1/7; measured 0.85
-    assert elapsed < 20, elapsed
 
 
 def test_embeddings_cached_under_inference_mode_still_train():
@@ -389,10 +397,8 @@ def test_info_command_reports_the_paper_counts():
 
     from click.testing import CliRunner
 
-    from rsprompt.cli import COMMANDS, main
+    from rsprompt.cli import main
 
-    if "info" not in COMMANDS:
-        pytest.skip("the info command is not registered yet")
     args = ["info", "--method", "rpn", "--encoder", "ViT-B-16", "--num-classes", "15"]
     result = CliRunner().invoke(main, [*args, "--aux-channels", "0", "--json"])
     assert result.exit_code == 0, result.output
@@ -452,7 +458,6 @@ def test_short_training_on_synthetic_isprs_scenes_beats_the_majority_class():
         y = torch.from_numpy(np.stack([s.labels for s in made]).astype(np.int64))
         return x, y
 
-    start = time.process_time()
     x_train, y_train = scenes(48, 0)
     x_val, y_val = scenes(16, 1000)
     mean, std = x_train.mean((0, 2, 3), keepdim=True), x_train.std((0, 2, 3), keepdim=True)
@@ -473,10 +478,8 @@ def test_short_training_on_synthetic_isprs_scenes_beats_the_majority_class():
     model.eval()
     with torch.no_grad():
         pred = model(x_val).argmax(1)
-    elapsed = time.process_time() - start
     assert sum(losses[-5:]) < 0.6 * sum(losses[:5]), losses
     miou = float(iou_per_class(confusion_matrix(pred, y_val, 6)).nanmean())
     majority = int(torch.bincount(y_train.flatten(), minlength=6).argmax())
     base = iou_per_class(confusion_matrix(torch.full_like(y_val, majority), y_val, 6)).nanmean()
     assert miou > 1.5 * float(base), (miou, float(base))  # measured 0.119 vs 0.054
-    assert elapsed < 20, elapsed

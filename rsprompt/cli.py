@@ -96,3 +96,9 @@ _register(
     "evaluate",
     "Evaluate a model checkpoint with the sliding-window protocol (metrics JSON + confusion PNG).",
 )
+_register(
+    "convert",
+    "rsprompt.commands.convert",
+    "convert",
+    "Convert the authors' released MoBaNet/DPLNet/RPN weights into an rsprompt model.ckpt.",
+)

@@ -8,19 +8,20 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
+import pyogrio
 import pytest
 import rasterio
 import torch
 from click.testing import CliRunner
+from rasterio.warp import Resampling, reproject
 
+import rsprompt.data.normalize as normalize
+import rsprompt.data.synthetic as synthetic
+import rsprompt.engine.checkpoint as ckpt_mod
 from rsprompt.cli import main
 from rsprompt.data.labels import ISPRS_CLASSES
 from rsprompt.models import registry
 from rsprompt.models.base import SegmentationModel
-
-ckpt_mod = pytest.importorskip("rsprompt.engine.checkpoint")
-normalize = pytest.importorskip("rsprompt.data.normalize")
-synthetic = pytest.importorskip("rsprompt.data.synthetic")
 
 METHOD = "inference-cli-tiny"
 
@@ -92,6 +93,35 @@ def run(*args):
     return CliRunner().invoke(main, ["predict", *map(str, args)], catch_exceptions=False)
 
 
+def _grow(mask: np.ndarray, pixels: int) -> np.ndarray:
+    """``mask`` dilated by ``pixels`` (4-neighbourhood)."""
+    for _ in range(pixels):
+        grown = mask.copy()
+        grown[1:] |= mask[:-1]
+        grown[:-1] |= mask[1:]
+        grown[:, 1:] |= mask[:, :-1]
+        grown[:, :-1] |= mask[:, 1:]
+        mask = grown
+    return mask
+
+
+def _dsm_footprint(dsm: Path, scene: Path) -> np.ndarray:
+    """The DSM's valid pixels on the scene's grid (rasterio's reprojection, nearest)."""
+    with rasterio.open(dsm) as d, rasterio.open(scene) as s:
+        valid = (d.read_masks(1) > 0).astype(np.uint8)
+        out = np.zeros(s.shape, np.uint8)
+        reproject(
+            valid,
+            out,
+            src_transform=d.transform,
+            src_crs=d.crs,
+            dst_transform=s.transform,
+            dst_crs=s.crs,
+            resampling=Resampling.nearest,
+        )
+    return out > 0
+
+
 def test_single_scene_with_dsm_on_another_grid(tmp_path, checkpoint, scenes):
     from rio_cogeo.cogeo import cog_validate
 
@@ -119,13 +149,45 @@ def test_single_scene_with_dsm_on_another_grid(tmp_path, checkpoint, scenes):
         assert (ds.crs, ds.transform, ds.shape) == (src.crs, src.transform, src.shape)
         assert ds.colormap(1)[1][:3] == (0, 0, 255)
         cls = ds.read(1)
+        crs, pixel_area = src.crs, abs(src.transform.a * src.transform.e)
     assert cog_validate(str(out))[0]
     assert cls.max() < 6 and len(np.unique(cls)) > 1
     labels = [e.get("label") for e in ET.parse(tmp_path / "map.qml").iter("paletteEntry")]
     assert labels == list(ISPRS_CLASSES.names)
     assert (tmp_path / "map.tif.aux.xml").exists()
-    assert (tmp_path / "p.tif").exists() and (tmp_path / "v.gpkg").exists()
     assert '"aux_stats"' in (tmp_path / "s.json").read_text()
+    # Probabilities: one uint8 band per class, on the map's grid; each pixel's 6 values are
+    # rounded probabilities summing to 255 (±3 from rounding), and the map's class has the
+    # largest one (±1 where rounding ties them).
+    with rasterio.open(tmp_path / "p.tif") as ds:
+        assert ds.count == 6 and ds.dtypes == ("uint8",) * 6 and ds.shape == cls.shape
+        assert ds.crs == crs and list(ds.descriptions) == list(ISPRS_CLASSES.names)
+        prob = ds.read().astype(np.int64)
+    total = prob.sum(0)
+    assert total.min() >= 252 and total.max() <= 258
+    chosen = np.take_along_axis(prob, cls[None].astype(np.int64), 0)[0]
+    assert (chosen >= prob.max(0) - 1).all()
+    # Vectors: the class polygons, in the scene's CRS, with the checkpoint's class names, that
+    # cover each class's pixels exactly.
+    assert pyogrio.list_layers(tmp_path / "v.gpkg")[:, 0].tolist() == ["classes"]
+    frame = pyogrio.read_dataframe(tmp_path / "v.gpkg", layer="classes")
+    assert frame.crs == crs
+    names = ISPRS_CLASSES.names
+    assert all(names[i] == n for i, n in zip(frame["class_id"], frame["class_name"], strict=True))
+    area = frame.geometry.area.groupby(frame["class_id"]).sum()
+    counts = np.bincount(cls.ravel(), minlength=6)
+    for k in range(6):
+        assert area.get(k, 0.0) == pytest.approx(counts[k] * pixel_area, rel=1e-6), names[k]
+    # The DSM changed the map, and only where it covers the scene (so it was aligned): predicted
+    # again without it, the maps differ inside its footprint and agree outside it (1 px margin
+    # for bilinear resampling at its edge).
+    assert run(sc["north"], "-m", checkpoint, "-o", tmp_path / "no_dsm.tif", "-q").exit_code == 0
+    with rasterio.open(tmp_path / "no_dsm.tif") as ds:
+        differs = ds.read(1) != cls
+    footprint = _dsm_footprint(root / "north_dsm.tif", sc["north"])
+    assert 0.4 < footprint.mean() < 0.9  # aux_coverage=0.7, less the nodata border
+    assert differs[footprint].mean() > 0.05  # measured 0.17
+    assert not differs[~_grow(footprint, 1)].any()
 
 
 def test_several_scenes_with_pattern(tmp_path, checkpoint, scenes):
@@ -206,22 +268,27 @@ def test_bad_inputs_write_nothing(tmp_path, checkpoint, scenes):
 
 def test_scene_wide_minmax_warning(tmp_path, checkpoint, scenes):
     root, sc = scenes
-    res = CliRunner().invoke(
-        main,
-        [
-            "predict",
-            str(sc["north"]),
-            "-m",
-            str(checkpoint),
-            "--dem",
-            str(root / "north_dsm.tif"),
-            "-o",
-            str(tmp_path / "m.tif"),
-            "-q",
-        ],
-    )
+    args = [sc["north"], "-m", checkpoint, "--dem", root / "north_dsm.tif", "-q"]
+    res = run(*args, "-o", tmp_path / "m.tif")
     assert res.exit_code == 0
-    assert "nDSM" in res.output  # 200 px scene vs 48 px training tiles
+    # 200×150 px scene vs the checkpoint's 48 px training patches: the min–max is fitted once
+    # over the whole scene. The warning names the scene, both sizes and what to prefer.
+    text = " ".join(res.output.split())
+    assert text.count("warning:") == 1
+    for part in ("min–max", "north.tif", "200×150 px", "48 px", "Prefer an nDSM"):
+        assert part in text, part
+    # A scene no larger than the training patches gets no such warning.
+    with rasterio.open(sc["north"]) as src:
+        profile, data = src.profile, src.read(window=((0, 48), (0, 48)))
+        profile.update(width=48, height=48, transform=src.window_transform(((0, 48), (0, 48))))
+    small = tmp_path / "small.tif"
+    with rasterio.open(small, "w", **{**profile, "tiled": False}) as dst:
+        dst.write(data)
+    res = run(
+        small, "-m", checkpoint, "--dem", root / "north_dsm.tif", "-q", "-o", tmp_path / "s.tif"
+    )
+    assert res.exit_code == 0, res.output
+    assert "min–max" not in res.output
 
 
 def test_vaihingen_crop_errors_cleanly(tmp_path, checkpoint, shared_data):

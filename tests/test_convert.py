@@ -32,6 +32,7 @@ from rsprompt.models.convert import (
     convert_state_dict,
     load_official,
     load_official_with_report,
+    official_names,
 )
 from rsprompt.models.weights import sha256_file
 
@@ -362,6 +363,32 @@ def test_mobanet_needs_dinov2():
         build_official_model("mobanet", "mit_b0", K, encoder_kwargs={"depths": [1, 1, 1, 1]})
 
 
+@pytest.mark.parametrize(
+    ("method", "encoder", "classes", "count", "names"),
+    [
+        # DINOv2 ViT-L: cls, pos, patch w/b, 24 blocks × 14, norm w/b = 342; extra patch embed
+        # 2; CPIA 4 × (4 linears × 2 + 4 tfts) = 48; DGFM 4 × (3 convs + GN 2 + gate 2 + fuse
+        # norm 2) = 36; projections 4; UPerNet 4 × 6 + 6 + 3 × 6 + 3 × 6 + 6 + 1 = 73 (a conv
+        # and its BatchNorm's 5 tensors); aux heads 2 × (6 + 1) = 14 → 519
+        ("mobanet", "dinov2_vitl14", 6, 519, ["image_encoder.backbone.blocks.23.ls2.gamma"]),
+        # image tower 1 + 1 + 1 + 2 + 12 × 12 + 2 + 1 = 152; VPT, prompt Linear, LayerNorm 5;
+        # h 1; text tower 1 + 1 + 12 × 12 + 2 + 1 = 149; LPM head 5 × 2 = 10 → 317
+        ("rpn", "ViT-B-16", 15, 317, ["backbone.deep_prompt_embeddings", "prompt_proj"]),
+        # MiT-B5: patch embeds 16, 49 blocks with sr × 20 + 3 × 16, norms 8 = 1052; prompt
+        # parts 52 blocks × 12 = 624; aux patch embeds 16; ADA 4 × 6; prompt 1; head 8 + 6 + 2
+        # + conv1 2 = 18 → 1735
+        ("dplnet", "mit_b5", 41, 1735, ["rgb.block3.39.attn.proj_prompt.bias", "ada4.conv.bias"]),
+    ],
+)
+def test_paper_configurations_have_a_released_name_for_every_tensor(
+    method, encoder, classes, count, names
+):
+    model = build_official_model(method, encoder, classes, device="meta")
+    released = official_names(method, model)
+    assert len(set(released.values())) == len(released) == count
+    assert set(names) <= set(released.values())
+
+
 # --------------------------------------------------------------------------- released formulas
 def _lin(sd: dict[str, Tensor], name: str, x: Tensor) -> Tensor:
     return F.linear(x, sd[f"{name}.weight"], sd.get(f"{name}.bias"))
@@ -575,6 +602,8 @@ def test_cli_errors_are_one_line_and_write_nothing(tmp_path, converted_mobanet):
     assert len(res.output.strip().splitlines()) == 1
     res = _convert(official, out, "mobanet", "--classes", "a,b")
     assert res.exit_code != 0 and "2 class names" in res.output
+    res = _convert(official, out, "mobanet", "--option", f"weights={official}")
+    assert res.exit_code != 0 and "the released file carries the encoder" in res.output
     assert not out.exists()
 
 

@@ -101,6 +101,8 @@ def _model_kwargs(method: str, options: tuple[str, ...], classes: list[str]) -> 
             raise click.BadParameter(
                 f"{key} cannot be set: the released file carries the encoder", param_hint="--option"
             )
+    if "class_names" in kwargs:
+        raise click.BadParameter("give class names with --classes", param_hint="--option")
     if method == "rpn":
         kwargs.setdefault("class_names", list(classes))
     return official_model_kwargs(method, kwargs)

@@ -604,7 +604,24 @@ def test_cli_errors_are_one_line_and_write_nothing(tmp_path, converted_mobanet):
     assert res.exit_code != 0 and "2 class names" in res.output
     res = _convert(official, out, "mobanet", "--option", f"weights={official}")
     assert res.exit_code != 0 and "the released file carries the encoder" in res.output
+    res = _convert(official, out, "mobanet", "--option", "aux_channels=1")
+    assert res.exit_code != 0 and "--aux-channels" in res.output
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"not a safetensors file")
+    res = _convert(garbage, out, "mobanet")
+    assert res.exit_code != 0 and "not a readable safetensors file" in res.output
     assert not out.exists()
+
+
+def test_cli_reads_safetensors(tmp_path, converted_mobanet):
+    from safetensors.torch import save_file
+
+    _, model, official = converted_mobanet
+    released = tmp_path / "released.safetensors"
+    save_file(torch.load(official, weights_only=True), str(released))
+    res = _convert(released, tmp_path / "model.ckpt", "mobanet")
+    assert res.exit_code == 0, res.output
+    assert _max_diff(load_model_checkpoint(tmp_path / "model.ckpt")[0], model, "mobanet") <= 1e-5
 
 
 def test_cli_input_is_never_the_output(tmp_path, converted_mobanet):

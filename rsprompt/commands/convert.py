@@ -20,6 +20,14 @@ METHODS = ("mobanet", "dplnet", "rpn")
 DATASETS = ("vaihingen", "potsdam", "whu-opt-sar")
 #: Training patch size recorded when none is given (the papers' crops; RPN: its img_size).
 DEFAULT_PATCH = {"mobanet": 256, "dplnet": 512}
+#: Build options that --option may not set, and why.
+REFUSED_OPTIONS = {
+    "weights": "the released file carries the encoder",
+    "device": "the released file carries the encoder",
+    "encoder_seed": "the released file carries the encoder",
+    "class_names": "give class names with --classes",
+    "aux_channels": "use --aux-channels",
+}
 
 
 def _outputs(output: Path, official: Path, overwrite: bool) -> tuple[Path, Path]:
@@ -36,16 +44,26 @@ def _outputs(output: Path, official: Path, overwrite: bool) -> tuple[Path, Path]
 
 
 def _read_official(path: Path) -> dict[str, Any]:
-    """The released state dict (``torch.load(weights_only=True)``, nesting unwrapped)."""
+    """The released state dict (``torch.load(weights_only=True)`` or safetensors, unwrapped)."""
     from rsprompt.engine.checkpoint import CheckpointError, load_trusted
     from rsprompt.models.convert import OfficialStateError, unwrap_state_dict
 
     if not path.is_file():
         raise click.ClickException(f"released weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            obj: Any = load_file(str(path), device="cpu")
+        except Exception as exc:  # safetensors raises its own error type
+            raise click.ClickException(f"{path}: not a readable safetensors file: {exc}") from None
+    else:
+        try:
+            obj = load_trusted(path, what="weights file")
+        except CheckpointError as exc:
+            raise click.ClickException(str(exc)) from None
     try:
-        return unwrap_state_dict(load_trusted(path, what="released weights file"))
-    except CheckpointError as exc:
-        raise click.ClickException(str(exc)) from None
+        return unwrap_state_dict(obj)
     except OfficialStateError as exc:
         raise click.ClickException(f"{path}: {exc}") from None
 
@@ -96,13 +114,9 @@ def _model_kwargs(method: str, options: tuple[str, ...], classes: list[str]) -> 
     from rsprompt.models.convert import official_model_kwargs
 
     kwargs = _parse_options(options)
-    for key in ("weights", "device", "encoder_seed"):
+    for key, why in REFUSED_OPTIONS.items():
         if key in kwargs:
-            raise click.BadParameter(
-                f"{key} cannot be set: the released file carries the encoder", param_hint="--option"
-            )
-    if "class_names" in kwargs:
-        raise click.BadParameter("give class names with --classes", param_hint="--option")
+            raise click.BadParameter(f"{key} cannot be set here: {why}", param_hint="--option")
     if method == "rpn":
         kwargs.setdefault("class_names", list(classes))
     return official_model_kwargs(method, kwargs)

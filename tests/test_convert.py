@@ -308,6 +308,20 @@ def test_dinov2_giant_swiglu_names():
         assert float((model(image, aux) - source(image, aux)).abs().max()) <= 1e-5
 
 
+def test_mobanet_without_aux_heads_drops_the_released_ones():
+    """The released ``Net`` always has its training-only aux heads; ``mcrm=False`` drops them."""
+    source = _perturbed("mobanet")
+    released = released_mobanet(source)
+    encoder, kwargs = TINY["mobanet"]
+    model, conversion = load_official_with_report(
+        "mobanet", released, encoder, K, mcrm=False, **kwargs
+    )
+    assert model.aux_heads is None
+    # 2 heads × (3×3 conv + BatchNorm weight, bias, mean, var, count + 1×1 conv) = 14 tensors
+    assert sum(k.startswith(("aux_head_rgb.", "aux_head_dsm.")) for k in conversion.ignored) == 14
+    assert _max_diff(model, source, "mobanet") <= 1e-5
+
+
 def test_dplnet_fold_kv_after_loading():
     source = _perturbed("dplnet")
     encoder, kwargs = TINY["dplnet"]

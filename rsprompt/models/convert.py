@@ -73,8 +73,6 @@ _SHAPE_HINTS: dict[str, dict[str, str]] = {
     },
 }
 
-NestedState = Mapping[str, Any]
-
 
 class OfficialStateError(ValueError):
     """The released state dict does not fit the rsprompt model; the message lists every key."""

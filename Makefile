@@ -1,10 +1,11 @@
 # rsprompt: two commands do everything on a fresh machine.
-#   make demo   train prompts on a real frozen encoder and write a QGIS-ready map (creates .venv)
-#   make test   lint and run the test suite (creates .venv)
+#   make demo        train prompts on a real frozen encoder and write a QGIS-ready map (creates .venv)
+#   make test        lint and run the FULL test suite: slow, QGIS and doctests included (what CI runs)
+#   make test-fast   lint and run the everyday subset (slow tests left out)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv test test-slow lint demo clean
+.PHONY: venv test test-fast test-slow lint demo clean
 
 DEMO_OUT ?= demo_out
 
@@ -19,10 +20,13 @@ lint: venv
 	$(VENV)/bin/ruff check rsprompt tests scripts
 
 test: lint
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=15
+
+test-fast: lint
+	$(PY) -m pytest -m "not slow"
 
 test-slow: venv
-	$(PY) -m pytest -m slow
+	$(PY) -m pytest -m slow --durations=0
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

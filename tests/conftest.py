@@ -35,3 +35,7 @@ def tiny_method() -> Iterator[str]:
 
     with engine_fixtures.registered_tiny() as name:
         yield name
+
+#: Not test modules: the fixture-folder writers (three ``make.py``, loaded by path where used)
+#: would clash by name when ``--doctest-modules`` imports every ``.py`` file under tests/.
+collect_ignore_glob = ["data/*"]

@@ -98,25 +98,121 @@ def test_finder_fails_clearly_without_a_python(tmp_path):
     assert "rsprompt needs Python >= 3.12" in res.stderr and "RSPROMPT_PYTHON" in res.stderr
 
 
+def _ci_repo(tmp_path: Path, recipe: str = "@echo running tests") -> Path:
+    """A repository holding only .ci/run and a Makefile whose ``test`` target runs ``recipe``."""
+    repo = tmp_path / "repo"
+    (repo / ".ci").mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / ".ci" / "run", repo / ".ci" / "run")
+    (repo / "Makefile").write_text(f"test:\n\t{recipe}\n")
+    return repo
+
+
+def _run_ci(repo: Path, **env: str) -> subprocess.CompletedProcess:
+    base = {"PATH": "/usr/bin:/bin", "HOME": str(repo), "RSPROMPT_CI_SKIP_QGIS": "1"}
+    return subprocess.run(
+        ["bash", str(repo / ".ci" / "run")],
+        capture_output=True,
+        text=True,
+        env={**base, **env},
+        timeout=60,
+    )
+
+
 @pytest.mark.parametrize("pytest_code", [1, 5])
 def test_ci_run_fails_when_the_tests_fail_or_none_ran(tmp_path, pytest_code):
     """.ci/run propagates a failing `make test` (pytest's 5, "no tests", included)."""
-    repo = tmp_path / "repo"
-    (repo / ".ci").mkdir(parents=True)
-    shutil.copy(ROOT / ".ci" / "run", repo / ".ci" / "run")
-    (repo / "Makefile").write_text(f"test:\n\t@echo running tests; exit {pytest_code}\n")
-    res = subprocess.run(["bash", str(repo / ".ci" / "run")], capture_output=True, text=True)
+    repo = _ci_repo(tmp_path, f"@echo running tests; exit {pytest_code}")
+    res = _run_ci(repo)
     assert res.returncode != 0 and "running tests" in res.stdout
-    (repo / "Makefile").write_text("test:\n\t@echo running tests\n")
-    res = subprocess.run(["bash", str(repo / ".ci" / "run")], capture_output=True, text=True)
-    assert res.returncode == 0
+    res = _run_ci(_ci_repo(tmp_path))
+    assert res.returncode == 0 and "running tests" in res.stdout
 
 
-def test_ci_runs_the_readme_test_command():
+def _fake_ci_tools(tmp_path: Path, *, uid: int, apt_ok: bool = True) -> tuple[Path, Path, Path]:
+    """Fake ``id``, ``apt-get`` (logs its arguments) and a system Python whose ``import
+    qgis.core`` works once apt-get installed python3-qgis."""
+    fake_bin, log, installed = tmp_path / "bin", tmp_path / "apt.log", tmp_path / "installed"
+    _exe(fake_bin / "id", f'[ "$1" = -u ] && echo {uid}')
+    status = 0 if apt_ok else 100
+    _exe(
+        fake_bin / "apt-get",
+        f'echo "$@" >> {log}\n'
+        f'case "$*" in *python3-qgis*) [ {status} = 0 ] && touch {installed};; esac\n'
+        f"exit {status}",
+    )
+    python = _exe(tmp_path / "sys" / "python3", f"[ -e {installed} ]")
+    return fake_bin, log, python
+
+
+def test_ci_run_installs_qgis_as_root_before_the_tests(tmp_path):
+    fake_bin, log, python = _fake_ci_tools(tmp_path, uid=0)
+    repo = _ci_repo(tmp_path)
+    res = _run_ci(
+        repo,
+        PATH=f"{fake_bin}:/usr/bin:/bin",
+        RSPROMPT_CI_SKIP_QGIS="0",
+        RSPROMPT_QGIS_PYTHON=str(python),
+    )
+    assert res.returncode == 0, res.stderr
+    assert log.read_text().splitlines() == [
+        "update",
+        "install -y --no-install-recommends qgis python3-qgis",
+    ]
+    assert res.stdout.index("QGIS: installed") < res.stdout.index("running tests")
+    # Found: nothing installed again.
+    log.unlink()
+    res = _run_ci(
+        repo,
+        PATH=f"{fake_bin}:/usr/bin:/bin",
+        RSPROMPT_CI_SKIP_QGIS="0",
+        RSPROMPT_QGIS_PYTHON=str(python),
+    )
+    assert res.returncode == 0 and "PyQGIS found" in res.stdout and not log.exists()
+
+
+def test_ci_run_fails_when_the_qgis_install_fails_as_root(tmp_path):
+    fake_bin, _, python = _fake_ci_tools(tmp_path, uid=0, apt_ok=False)
+    res = _run_ci(
+        _ci_repo(tmp_path),
+        PATH=f"{fake_bin}:/usr/bin:/bin",
+        RSPROMPT_CI_SKIP_QGIS="0",
+        RSPROMPT_QGIS_PYTHON=str(python),
+    )
+    assert res.returncode != 0 and "running tests" not in res.stdout
+
+
+def test_ci_run_without_root_says_the_qgis_tests_will_skip_and_runs_them_all(tmp_path):
+    fake_bin, log, python = _fake_ci_tools(tmp_path, uid=1000)
+    res = _run_ci(
+        _ci_repo(tmp_path),
+        PATH=f"{fake_bin}:/usr/bin:/bin",
+        RSPROMPT_CI_SKIP_QGIS="0",
+        RSPROMPT_QGIS_PYTHON=str(python),
+    )
+    assert res.returncode == 0 and "running tests" in res.stdout
+    assert "the QGIS tests will skip" in res.stderr and not log.exists()
+
+
+def test_ci_runs_the_readme_test_command_and_it_runs_every_test():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in readme and "make demo" in readme
     assert "make test" in ci and "set -e" in ci
+    # `make test` runs plain pytest: nothing is deselected by default (slow tests included)...
+    recipe = _make_recipe("test")
+    assert recipe.endswith(("-m pytest", "-m pytest --durations=15")), recipe
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    assert " -m " not in f" {config['addopts']} " and "--doctest-modules" in config["addopts"]
+    assert config["testpaths"] == ["tests", "rsprompt"]
+    # ...and `make test-fast` is the everyday subset.
+    assert '-m "not slow"' in _make_recipe("test-fast")
+
+
+def _make_recipe(target: str) -> str:
+    """The command of a one-line Makefile target."""
+    lines = (ROOT / "Makefile").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"{target}:"))
+    return lines[start + 1].strip()
 
 
 @pytest.mark.slow

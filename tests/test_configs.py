@@ -1,6 +1,5 @@
 """Every shipped config trains a few steps on generated fixture folders with a tiny encoder."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -8,6 +7,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
+from helpers import make_fixture_folder as _make  # also imported from here by other tests
 
 from rsprompt.cli import main
 from rsprompt.engine import task as task_module
@@ -35,16 +35,6 @@ TINY = {
     "gopt": ("vit_base_patch16_224", {"encoder_kwargs": TINY_VIT}),
     "rpn": ("rsprompt-tiny-clip", {"img_size": 64}),
 }
-
-
-def _make(dataset: str, root: Path) -> Path:
-    spec = importlib.util.spec_from_file_location(
-        f"make_{dataset}", ROOT / "tests" / "data" / dataset / "make.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    mod.make(root / dataset)
-    return root / dataset
 
 
 @pytest.fixture(scope="module")

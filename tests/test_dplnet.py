@@ -7,6 +7,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from helpers import miou as mean_iou
 
 from rsprompt.models.methods.dplnet import DPLNet, build_mit
 from rsprompt.models.registry import build_model
@@ -255,15 +256,6 @@ def _tensors(scene) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return optical, dsm, torch.from_numpy(scene.labels.astype(np.int64))
 
 
-def _miou(pred: torch.Tensor, target: torch.Tensor, k: int) -> float:
-    ious = []
-    for c in range(k):
-        union = ((pred == c) | (target == c)).sum().item()
-        if union:
-            ious.append(((pred == c) & (target == c)).sum().item() / union)
-    return float(np.mean(ious))
-
-
 def test_learns_on_synthetic_optical_dsm() -> None:
     """20 seeded steps on 64×64 crops of a synthetic ISPRS scene (MiT-B0, random encoder): the
     loss falls, mIoU on another scene is far above chance, and the DSM prompts matter."""
@@ -292,7 +284,7 @@ def test_learns_on_synthetic_optical_dsm() -> None:
     with torch.no_grad():
         pred = net(test_image[None], test_dsm[None]).argmax(1)[0]
         pred_no_dsm = net(test_image[None]).argmax(1)[0]
-    miou, miou_no_dsm = _miou(pred, test_labels, 6), _miou(pred_no_dsm, test_labels, 6)
+    miou, miou_no_dsm = mean_iou(pred, test_labels, 6), mean_iou(pred_no_dsm, test_labels, 6)
     accuracy = (pred == test_labels).float().mean().item()
     majority = np.bincount(test_labels.numpy().ravel()).max() / test_labels.numel()
     assert np.mean(losses[-5:]) < 0.4 * losses[0], losses

@@ -6,6 +6,7 @@ import time
 
 import pytest
 import torch
+from helpers import miou, toy_batch
 
 from rsprompt.models.methods.spm import SPM, build_spm, class_prototypes
 from rsprompt.models.registry import available_methods, build_model
@@ -185,33 +186,6 @@ def test_missing_and_partial_aux() -> None:
         assert torch.equal(no_aux(image, aux), no_aux(image))
 
 
-def _toy_batch(n: int, seed: int, size: int = 64) -> tuple[torch.Tensor, ...]:
-    """Roofs and roads share a colour; only the DSM tells them apart."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.zeros(n, size, size, dtype=torch.long)
-    for i in range(n):
-        for _ in range(4):
-            c = int(torch.randint(1, 3, (1,), generator=g))
-            y0, x0 = torch.randint(0, size - 16, (2,), generator=g).tolist()
-            hh, ww = torch.randint(12, 32, (2,), generator=g).tolist()
-            labels[i, y0 : y0 + hh, x0 : x0 + ww] = c
-    colours = torch.tensor([[0.2, 0.6, 0.2], [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]])
-    heights = torch.tensor([0.0, 1.0, 0.0])
-    image = colours[labels].permute(0, 3, 1, 2) + 0.1 * torch.randn(n, 3, size, size, generator=g)
-    dsm = heights[labels][:, None] + 0.1 * torch.randn(n, 1, size, size, generator=g)
-    return (image - 0.5) / 0.25, dsm, labels
-
-
-def _miou(pred: torch.Tensor, target: torch.Tensor, k: int) -> float:
-    ious = []
-    for c in range(k):
-        inter = ((pred == c) & (target == c)).sum().item()
-        union = ((pred == c) | (target == c)).sum().item()
-        if union:
-            ious.append(inter / union)
-    return sum(ious) / len(ious)
-
-
 def test_short_training_learns_from_the_dsm() -> None:
     start = time.perf_counter()
     model = tiny_cnn(decoder_channels=32)
@@ -219,17 +193,17 @@ def test_short_training_learns_from_the_dsm() -> None:
     model.train()
     losses = []
     for step in range(40):
-        image, dsm, labels = _toy_batch(4, seed=100 + step)
+        image, dsm, labels = toy_batch(4, seed=100 + step)
         loss = model.compute_loss(model(image, dsm), labels)["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
     model.eval()
-    image, dsm, labels = _toy_batch(8, seed=1)
+    image, dsm, labels = toy_batch(8, seed=1)
     with torch.no_grad():
-        with_dsm = _miou(model(image, dsm).argmax(1), labels, 3)
-        without = _miou(model(image, None).argmax(1), labels, 3)
+        with_dsm = miou(model(image, dsm).argmax(1), labels, 3)
+        without = miou(model(image, None).argmax(1), labels, 3)
     assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5
     # Chance is about 1/3; roofs vs. roads need the DSM, which enters only through the matcher.
     assert with_dsm > 0.65, (with_dsm, without)

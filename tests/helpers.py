@@ -3,15 +3,19 @@
 - :func:`load_make` / :func:`make_fixture_folder`: the fixture-folder writers in
   ``tests/data/<dataset>/make.py`` (official layouts of Vaihingen, Potsdam, WHU-OPT-SAR);
 - :func:`miou`: mean IoU over the classes present in a prediction or its target;
-- :func:`toy_batch`: a batch where only the DSM tells two classes apart.
+- :func:`toy_batch`: a batch where only the DSM tells two classes apart;
+- :func:`skip_unless_required`: skip for a missing resource, or fail where CI requires it.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 from types import ModuleType
+from typing import NoReturn
 
+import pytest
 import torch
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -62,3 +66,10 @@ def toy_batch(n: int, seed: int, size: int = 64) -> tuple[torch.Tensor, ...]:
     image = colours[labels].permute(0, 3, 1, 2) + 0.1 * torch.randn(n, 3, size, size, generator=g)
     dsm = heights[labels][:, None] + 0.1 * torch.randn(n, 1, size, size, generator=g)
     return (image - 0.5) / 0.25, dsm, labels
+
+
+def skip_unless_required(reason: str, env_var: str) -> NoReturn:
+    """Skip the test for ``reason``, or fail it where ``env_var=1`` says it must run (CI)."""
+    if os.environ.get(env_var) == "1":
+        pytest.fail(f"{reason}; {env_var}=1 requires it")
+    pytest.skip(reason)

@@ -129,10 +129,9 @@ def test_full_demo_dsm_beats_optical_only(tmp_path):
 
 @pytest.mark.slow
 def test_demo_prediction_opens_in_qgis_as_a_paletted_class_named_layer(demo_run, tmp_path):
-    from test_inference_qgis import has_qgis, qgis_layer_info
+    from test_inference_qgis import need_qgis, qgis_layer_info
 
-    if not has_qgis():
-        pytest.skip("PyQGIS (system python3) not installed")
+    need_qgis()
     out, _ = demo_run
     res = qgis_layer_info(out / "prediction.tif", tmp_path)
     assert res["valid"] and res["renderer"] == "paletted", res

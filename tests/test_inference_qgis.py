@@ -6,12 +6,14 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
 import torch
+from helpers import skip_unless_required
 from rasterio.transform import from_origin
 
 from rsprompt.data.labels import ISPRS_CLASSES
@@ -63,6 +65,25 @@ def has_qgis() -> bool:
     return r.returncode == 0
 
 
+def need_qgis() -> None:
+    """Skip without PyQGIS, or fail where it is required (``RSPROMPT_REQUIRE_QGIS=1``: CI's
+    ``.ci/run`` sets it once QGIS is installed, so these checks cannot silently skip there)."""
+    if not has_qgis():
+        skip_unless_required(
+            f"PyQGIS not installed for the system Python {SYSTEM_PYTHON}", "RSPROMPT_REQUIRE_QGIS"
+        )
+
+
+def test_a_missing_qgis_skips_or_fails_where_required(monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "has_qgis", lambda: False)
+    monkeypatch.delenv("RSPROMPT_REQUIRE_QGIS", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="PyQGIS not installed"):
+        need_qgis()
+    monkeypatch.setenv("RSPROMPT_REQUIRE_QGIS", "1")
+    with pytest.raises(pytest.fail.Exception, match="RSPROMPT_REQUIRE_QGIS=1 requires it"):
+        need_qgis()
+
+
 class Stripes(SegmentationModel):
     def __init__(self):
         super().__init__("test", "none", 6, 0)
@@ -76,8 +97,8 @@ class Stripes(SegmentationModel):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not has_qgis(), reason="PyQGIS (system python3) not installed")
 def test_qgis_opens_map_with_class_names(tmp_path):
+    need_qgis()
     rng = np.random.default_rng(0)
     img = rng.integers(0, 255, (3, 1100, 900), dtype=np.uint8)
     scene = tmp_path / "scene.tif"

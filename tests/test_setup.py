@@ -98,7 +98,14 @@ def test_finder_fails_clearly_without_a_python(tmp_path):
     assert "rsprompt needs Python >= 3.12" in res.stderr and "RSPROMPT_PYTHON" in res.stderr
 
 
-def _ci_repo(tmp_path: Path, recipe: str = "@echo running tests") -> Path:
+#: A `make test` that shows what .ci/run requires of the suite.
+SHOW_REQUIRED = (
+    "@echo running tests qgis=$${RSPROMPT_REQUIRE_QGIS:-unset}"
+    " data=$${RSPROMPT_REQUIRE_SHARED_DATA:-unset}"
+)
+
+
+def _ci_repo(tmp_path: Path, recipe: str = SHOW_REQUIRED) -> Path:
     """A repository holding only .ci/run and a Makefile whose ``test`` target runs ``recipe``."""
     repo = tmp_path / "repo"
     (repo / ".ci").mkdir(parents=True, exist_ok=True)
@@ -159,6 +166,7 @@ def test_ci_run_installs_qgis_as_root_before_the_tests(tmp_path):
         "install -y --no-install-recommends qgis python3-qgis",
     ]
     assert res.stdout.index("QGIS: installed") < res.stdout.index("running tests")
+    assert "running tests qgis=1 data=1" in res.stdout  # both must run, not skip
     # Found: nothing installed again.
     log.unlink()
     res = _run_ci(
@@ -189,7 +197,7 @@ def test_ci_run_without_root_says_the_qgis_tests_will_skip_and_runs_them_all(tmp
         RSPROMPT_CI_SKIP_QGIS="0",
         RSPROMPT_QGIS_PYTHON=str(python),
     )
-    assert res.returncode == 0 and "running tests" in res.stdout
+    assert res.returncode == 0 and "running tests qgis=unset data=1" in res.stdout
     assert "the QGIS tests will skip" in res.stderr and not log.exists()
 
 

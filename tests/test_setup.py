@@ -101,7 +101,7 @@ def test_finder_fails_clearly_without_a_python(tmp_path):
 #: A `make test` that shows what .ci/run requires of the suite.
 SHOW_REQUIRED = (
     "@echo running tests qgis=$${RSPROMPT_REQUIRE_QGIS:-unset}"
-    " data=$${RSPROMPT_REQUIRE_SHARED_DATA:-unset}"
+    " data=$${RSPROMPT_REQUIRE_SHARED_DATA:-unset} pytest=$${PYTEST_ADDOPTS:-unset}"
 )
 
 
@@ -166,7 +166,7 @@ def test_ci_run_installs_qgis_as_root_before_the_tests(tmp_path):
         "install -y --no-install-recommends qgis python3-qgis",
     ]
     assert res.stdout.index("QGIS: installed") < res.stdout.index("running tests")
-    assert "running tests qgis=1 data=1" in res.stdout  # both must run, not skip
+    assert "running tests qgis=1 data=1 pytest=-v" in res.stdout  # both run; the log names all
     # Found: nothing installed again.
     log.unlink()
     res = _run_ci(

@@ -97,11 +97,6 @@ def unregister() -> None:
     registry._BUILDERS.pop(METHOD, None)
 
 
-def is_registered() -> bool:
-    """Whether ``tiny`` is in the registry now."""
-    return METHOD in registry.METHOD_MODULES
-
-
 @contextmanager
 def registered_tiny() -> Iterator[str]:
     """Register ``tiny`` for the ``with`` block; on exit, restore the registry as it was.

@@ -174,8 +174,17 @@ def _counts_by_hand(model) -> dict:
 
 
 def test_the_tiny_test_method_is_not_a_package_method():
+    import engine_fixtures as ef
+
     assert "tiny" not in _package_methods()
     assert set(_package_methods()) >= set(PAPER_ENCODERS)
+    before = "tiny" in available_methods()
+    with ef.registered_tiny():
+        assert "tiny" in available_methods() and "tiny" not in _package_methods()
+        with ef.registered_tiny():  # nested: the inner exit keeps the outer registration
+            pass
+        assert "tiny" in available_methods()
+    assert ("tiny" in available_methods()) == before  # the registry as it was
 
 
 @pytest.mark.parametrize("method", _package_methods())

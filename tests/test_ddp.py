@@ -29,8 +29,9 @@ def test_ddp_two_cpu_processes_agree(tmp_path):
     for k, v in r0["state"].items():
         torch.testing.assert_close(r1["state"][k], v, atol=0, rtol=0)
     assert r0["miou"] == r1["miou"]  # metrics synchronised across ranks
-    import engine_fixtures  # noqa: F401 — registers the tiny method to rebuild the checkpoint
+    import engine_fixtures
 
-    model, _ = load_model_checkpoint(tmp_path / "model.ckpt")
+    with engine_fixtures.registered_tiny():  # the tiny method rebuilds the checkpoint
+        model, _ = load_model_checkpoint(tmp_path / "model.ckpt")
     torch.testing.assert_close(model.decoder.weight, r0["state"]["decoder.weight"])
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()

@@ -9,7 +9,7 @@ from rsprompt.engine.callbacks import ModelExport, ResumeCheckpoint
 from rsprompt.engine.checkpoint import CheckpointError, load_model_checkpoint
 from rsprompt.engine.task import SegmentationTask, WeightsNotFoundError
 
-ef.register()
+pytestmark = pytest.mark.usefixtures("tiny_method")
 
 
 class Stop(pl.Callback):

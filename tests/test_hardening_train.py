@@ -183,8 +183,9 @@ def test_refused_resume_leaves_the_run_byte_identical(trained_run, tmp_path):
     assert _digest(run) == before
 
 
-def test_crash_in_the_first_step_keeps_the_existing_model(trained_run, tmp_path):
+def test_crash_in_the_first_step_keeps_the_existing_model(trained_run, tmp_path, monkeypatch):
     """Item 1: a run that ran no optimiser step never writes model.ckpt."""
+    monkeypatch.setenv("RSPROMPT_ALLOW_IMPORTS", __name__)  # this test's own callback
     root, run = _copy_run(trained_run, tmp_path)
     before = _digest(run)
     args = tiny_args("mobanet_vaihingen.yaml", root, run, steps=3)

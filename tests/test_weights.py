@@ -39,9 +39,9 @@ def test_rename_refuses_unknown_keys():
 
 def test_lite0_classifies_a_real_photo():
     import timm
+    from matplotlib import cbook
     from PIL import Image
 
-    cbook = pytest.importorskip("matplotlib.cbook")
     try:
         path = cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
     except Exception as exc:  # pragma: no cover - matplotlib without sample data

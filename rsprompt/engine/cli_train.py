@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from jsonargparse import ActionYesNo
@@ -31,12 +32,13 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 
 from rsprompt.engine.callbacks import ModelExport, ResumeCheckpoint
 from rsprompt.engine.checkpoint import FORMAT, CheckpointError, load_trusted
+from rsprompt.engine.precision import trainer_precision
 from rsprompt.engine.task import SegmentationTask
 
 log = logging.getLogger(__name__)
 
-#: Precisions that need a GPU to be worth anything; on CPU they fall back to 32-bit.
-_GPU_PRECISIONS = ("16-mixed", "16", 16, "bf16-mixed", "bf16", "16-true", "bf16-true")
+#: Float16 precisions: without a GPU they fall back to 32-bit.
+_FP16_PRECISIONS = ("16-mixed", "16", "16-true")
 
 
 class SaveConfigWhenTrained(SaveConfigCallback):
@@ -66,7 +68,11 @@ class TrainCLI(LightningCLI):
     """LightningCLI with rsprompt's defaults: encoder-free checkpoints, ``--ckpt_path`` resume."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        """Add ``--ckpt_path`` (resume) to the parser."""
+        """Add ``--ckpt_path`` (resume) and accept ``trainer.precision: auto``."""
+        action = parser._option_string_actions.get("--trainer.precision")
+        if action is not None and hasattr(action, "_typehint"):
+            # Lightning has no "auto" precision: rsprompt resolves it before the Trainer is built.
+            action._typehint = Literal["auto"] | action._typehint
         parser.add_argument(
             "--ckpt_path",
             type=str | None,
@@ -84,23 +90,37 @@ class TrainCLI(LightningCLI):
         )
 
     def before_instantiate_classes(self) -> None:
-        """Use 32-bit precision when a mixed precision is asked for and no GPU is present."""
+        """Resolve ``trainer.precision`` (``auto`` included) and say which precision runs."""
         cfg = self.config
         trainer = cfg.get("trainer") if hasattr(cfg, "get") else None
         if trainer is None:
             return
-        precision = trainer.get("precision")
-        accelerator = str(trainer.get("accelerator") or "auto")
-        if (
-            precision in _GPU_PRECISIONS
-            and not torch.cuda.is_available()
-            and accelerator in ("auto", "cpu")
-        ):
-            warnings.warn(
-                f"precision {precision!r} needs a GPU; training in 32-bit on the CPU",
-                stacklevel=1,
-            )
-            trainer["precision"] = "32-true"
+        requested = trainer.get("precision")
+        resolved = resolve_train_precision(requested, trainer.get("accelerator"))
+        trainer["precision"] = resolved
+        print(f"rsprompt train: precision {resolved} (asked: {requested})", file=sys.stderr)
+
+
+def resolve_train_precision(precision: Any, accelerator: str | None) -> str:
+    """Lightning's precision for a config value; ``auto`` follows the hardware.
+
+    ``auto`` (or unset): bf16-mixed on a CPU with native bf16 or a bf16 GPU, 16-mixed on older
+    GPUs, 32-true elsewhere (:func:`rsprompt.engine.precision.trainer_precision`). Float16 asked
+    for without a GPU falls back to 32-true with a warning (CPU float16 autocast is slow).
+    Other values are passed to Lightning unchanged.
+    """
+    acc = str(accelerator or "auto").lower()
+    no_gpu = not torch.cuda.is_available() and acc in ("auto", "cpu")
+    if precision is None or str(precision).lower() == "auto":
+        return trainer_precision("auto", "cpu" if no_gpu else acc)
+    if no_gpu and str(precision) in _FP16_PRECISIONS:
+        warnings.warn(
+            f"precision {precision!r} (float16) needs a GPU; training in 32-true on the CPU "
+            "(bf16-mixed or auto use bfloat16 where the CPU has it)",
+            stacklevel=2,
+        )
+        return "32-true"
+    return str(precision)
 
 
 def resolve_ckpt_path(ckpt_path: str | None, root_dir: str | Path) -> str | None:

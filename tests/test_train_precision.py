@@ -41,3 +41,27 @@ def test_precision_printed_and_recorded(tmp_path, monkeypatch, capsys, native, e
     assert meta["training"]["numeric_precision"] == expected
     metrics = json.loads((tmp_path / "run" / "val_metrics.json").read_text())
     assert metrics["numeric_precision"] == expected
+
+
+def test_evaluate_records_and_applies_the_precision(tmp_path, monkeypatch):
+    """evaluate --precision: auto resolves per hardware, bf16 agrees with fp32, both recorded."""
+    from click.testing import CliRunner
+
+    from rsprompt.cli import main
+
+    root = _make("vaihingen", tmp_path)
+    run_train(tiny_args("mobanet_vaihingen.yaml", root, tmp_path / "run", steps=2))
+    ckpt = tmp_path / "run" / "model.ckpt"
+    results = {}
+    monkeypatch.setattr(prec, "cpu_has_native_bf16", lambda: False)
+    for name in ("32", "bf16", "auto"):
+        out = tmp_path / f"eval_{name}"
+        args = ["evaluate", "-m", str(ckpt), "--data.root", str(root), "--quiet", "-o", str(out)]
+        res = CliRunner().invoke(main, [*args, "--precision", name, "--device", "cpu"])
+        assert res.exit_code == 0, res.output
+        results[name] = json.loads((out / "metrics.json").read_text())
+    assert results["32"]["numeric_precision"] == "32"
+    assert results["bf16"]["numeric_precision"] == "bf16"
+    assert results["auto"]["numeric_precision"] == "32"  # no native bf16 (faked)
+    assert results["auto"]["device"] == "cpu"
+    assert abs(results["bf16"]["oa"] - results["32"]["oa"]) < 0.02

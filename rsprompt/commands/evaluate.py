@@ -64,6 +64,13 @@ import click
     help="Device: auto (cuda when available), cpu, cuda, cuda:N or mps.",
 )
 @click.option(
+    "--precision",
+    type=click.Choice(["auto", "32", "bf16", "16"]),
+    default="auto",
+    show_default=True,
+    help="Forward-pass precision; auto = bf16 where the CPU/GPU computes it natively.",
+)
+@click.option(
     "-o",
     "--output",
     type=click.Path(path_type=Path),
@@ -81,6 +88,7 @@ def evaluate(
     weights,
     labels,
     device,
+    precision,
     output,
     quiet,
 ):
@@ -109,6 +117,7 @@ def evaluate(
             dataset_overrides={"labels": labels} if labels else None,
             progress=not quiet,
             echo=click.echo,
+            precision=precision,
         )
     except (CheckpointError, ValueError, KeyError, OSError) as exc:
         # ValueError covers DeviceError, EvaluateError and corrupt rasters; OSError missing,

@@ -32,6 +32,7 @@ from rsprompt.engine.metrics import (
     plot_confusion,
     write_metrics_json,
 )
+from rsprompt.engine.precision import autocast
 from rsprompt.models.base import SegmentationModel
 
 Blend = Literal["sum", "cosine"]
@@ -145,6 +146,7 @@ def evaluate_tiles(
     device: str | torch.device = "cpu",
     progress: bool = True,
     total: int | None = None,
+    precision: str = "32",
 ) -> tuple[dict[str, Any], Tensor]:
     """Run the sliding-window protocol over ``tiles`` and compute the metrics.
 
@@ -164,6 +166,9 @@ def evaluate_tiles(
         device: Device.
         progress: Show a progress bar.
         total: Number of tiles (for the progress bar).
+        precision: ``"32"``, ``"bf16"`` or ``"16"`` (resolved, see
+            :func:`rsprompt.engine.precision.resolve_precision`): the model's forward pass runs
+            under autocast; blending, argmax and metrics stay float32.
 
     Returns:
         ``(result, confusion matrix)``; ``result`` has the metrics plus ``tiles`` (per-tile OA
@@ -184,16 +189,17 @@ def evaluate_tiles(
                 if v is None
                 else torch.as_tensor(np.asarray(v), dtype=torch.float32, device=device)
             )
-        scores = sliding_window_logits(
-            model,
-            image,
-            aux,
-            valid,
-            window=window,
-            stride=stride,
-            blend=blend,
-            batch_size=batch_size,
-        )
+        with autocast(device, precision):
+            scores = sliding_window_logits(
+                model,
+                image,
+                aux,
+                valid,
+                window=window,
+                stride=stride,
+                blend=blend,
+                batch_size=batch_size,
+            )
         pred = scores.argmax(0)
         target = torch.as_tensor(np.asarray(tile["mask"]).astype(np.int64), device=device)
         metrics.update(pred, target)
@@ -428,12 +434,15 @@ def evaluate_checkpoint(
     dataset_overrides: dict[str, Any] | None = None,
     progress: bool = True,
     echo: Any = print,
+    precision: str | None = "auto",
 ) -> dict[str, Any]:
     """Evaluate ``model.ckpt`` on a split of the dataset at ``root``; write JSON and PNG.
 
     Defaults come from the checkpoint (window/stride/blend recorded by training, else the patch
     size and half of it). Options, the device and the output folder are checked before the model
-    is loaded; every tile of the split must have a label.
+    is loaded; every tile of the split must have a label. ``precision`` (``auto``: bf16 where the
+    hardware computes it natively, see :mod:`rsprompt.engine.precision`) is recorded in
+    ``metrics.json`` as ``numeric_precision``.
 
     Returns:
         The metrics (also written to ``<output>/metrics.json``; the confusion matrix to
@@ -448,6 +457,7 @@ def evaluate_checkpoint(
     """
     from rsprompt.engine.checkpoint import load_model_checkpoint
     from rsprompt.engine.device import resolve_device
+    from rsprompt.engine.precision import resolve_precision
 
     batch_size = _positive("batch size", batch_size)
     for name, value in (("window", window), ("stride", stride)):
@@ -457,6 +467,7 @@ def evaluate_checkpoint(
     out = Path(output) if output is not None else Path(checkpoint).parent / f"eval_{split}"
     check_output_folder(out)
     model, meta = load_model_checkpoint(checkpoint, weights=weights, device=dev)
+    numeric = resolve_precision(precision, dev, model_key=meta.get("method"))
     window, stride, blend = _protocol(meta, window, stride, blend)
     dm = datamodule_from_meta(meta, root, source=checkpoint, **(dataset_overrides or {}))
     names, seen, unseen = _zero_shot_split(meta)
@@ -478,6 +489,7 @@ def evaluate_checkpoint(
             device=dev,
             progress=progress,
             total=len(ds.tiles),
+            precision=numeric,
         )
     finally:
         _close(dm)
@@ -490,6 +502,8 @@ def evaluate_checkpoint(
         "blend": blend,
         "method": meta["method"],
         "encoder": meta["encoder"],
+        "device": str(dev),
+        "numeric_precision": numeric,
     }
     result["confusion_matrix"] = cm.tolist()
     write_metrics_json(out / "metrics.json", result, **extra)

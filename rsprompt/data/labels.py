@@ -11,6 +11,7 @@ instead of silently mapping unknown colours to class 0. WHU-OPT-SAR labels are s
 
 from __future__ import annotations
 
+import colorsys
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,6 +94,42 @@ CLASS_TABLES: dict[str, ClassTable] = {
     "potsdam": ISPRS_CLASSES,
     "whu-opt-sar": WHU_OPT_SAR_CLASSES,
 }
+
+
+def default_colors(n: int) -> list[tuple[int, int, int]]:
+    """``n`` distinct colours (golden-ratio hues), the same for the same ``n``."""
+    out = []
+    for i in range(n):
+        r, g, b = colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.75, 0.95)
+        out.append((round(r * 255), round(g * 255), round(b * 255)))
+    return out
+
+
+def parse_color(value: str | tuple[int, ...] | list[int]) -> tuple[int, int, int]:
+    """An RGB colour from ``#rrggbb`` (or ``rrggbb``) or three 0–255 integers.
+
+    Raises:
+        ValueError: If ``value`` is neither.
+
+    Example:
+        >>> parse_color("#ff8000"), parse_color([0, 128, 255])
+        ((255, 128, 0), (0, 128, 255))
+    """
+    if isinstance(value, str):
+        h = value.strip().lstrip("#")
+        if len(h) == 6:
+            try:
+                return (int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16))
+            except ValueError:
+                pass
+        raise ValueError(f"colour {value!r} is not #rrggbb")
+    try:
+        rgb = tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"colour {value!r} is not #rrggbb or three integers") from None
+    if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
+        raise ValueError(f"colour {value!r} is not three integers in 0–255")
+    return rgb  # type: ignore[return-value]
 
 
 def class_table(dataset: str) -> ClassTable:

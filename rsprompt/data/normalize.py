@@ -25,7 +25,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -124,12 +124,25 @@ class OpticalNormalizer:
         bands: 0-based indices of the bands to keep, in order (``None``: all bands). WHU-OPT-SAR's
             optical is R, G, B, NIR: ``(0, 1, 2)`` feeds a 3-channel encoder, ``None`` all four.
         scale: Divisor turning raw values into [0, 1] (255 for 8-bit imagery).
+        fitted: How the statistics were obtained. ``None`` (the default, every benchmark
+            checkpoint): preset statistics (ImageNet's on values divided by ``scale``).
+            ``"meanstd"``: per-band mean and standard deviation of the training pixels
+            (``scale`` 1). ``"percentile"``: a per-band stretch of ``[low, high]`` (the 2nd and
+            98th percentiles of the training pixels) to ``[0, 1]``, values clipped to that range,
+            then ImageNet's standardisation, folded into ``mean``/``std`` (``scale`` 1).
+        low: Per-band 2nd percentile of the training pixels (raw values), when fitted.
+        high: Per-band 98th percentile of the training pixels, when fitted.
+        dtype: Data type of the training images, when fitted (for the value-range warning).
     """
 
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     bands: tuple[int, ...] | None = None
     scale: float = 255.0
+    fitted: Literal["meanstd", "percentile"] | None = None
+    low: tuple[float, ...] | None = None
+    high: tuple[float, ...] | None = None
+    dtype: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
@@ -144,6 +157,16 @@ class OpticalNormalizer:
             raise ValueError(
                 f"{len(self.mean)} mean values for {len(self.bands)} selected bands {self.bands}"
             )
+        if self.fitted not in (None, "meanstd", "percentile"):
+            raise ValueError(f"unknown fitted scaling {self.fitted!r} (meanstd or percentile)")
+        for name in ("low", "high"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, tuple(float(v) for v in value))
+        if self.fitted is not None and (self.low is None or self.high is None):
+            raise ValueError(f"a fitted ({self.fitted}) optical scaling needs low and high")
+        if self.low is not None and self.high is not None and len(self.low) != len(self.high):
+            raise ValueError(f"{len(self.low)} low but {len(self.high)} high values")
 
     @property
     def num_channels(self) -> int | None:
@@ -176,6 +199,8 @@ class OpticalNormalizer:
         c = x.shape[0]
         if len(self.mean) not in (1, c) or len(self.std) not in (1, c):
             raise ValueError(f"{len(self.mean)} mean / {len(self.std)} std values for {c} bands")
+        if self.fitted == "percentile":
+            x = self._clip(x)
         mean = np.array(np.broadcast_to(np.asarray(self.mean, np.float32), (c,))).reshape(c, 1, 1)
         std = np.array(np.broadcast_to(np.asarray(self.std, np.float32), (c,))).reshape(c, 1, 1)
         if _is_torch(x):
@@ -189,22 +214,114 @@ class OpticalNormalizer:
             out[~np.isfinite(out)] = 0.0
         return out
 
+    def _clip(self, x: Array) -> Array:
+        """Clip each band to its recorded ``[low, high]`` (NaN stays NaN)."""
+        assert self.low is not None and self.high is not None
+        c = x.shape[0]
+        lo = np.array(np.broadcast_to(np.asarray(self.low, np.float32), (c,))).reshape(c, 1, 1)
+        hi = np.array(np.broadcast_to(np.asarray(self.high, np.float32), (c,))).reshape(c, 1, 1)
+        if _is_torch(x):
+            return torch.clamp(
+                x, torch.as_tensor(lo, device=x.device), torch.as_tensor(hi, device=x.device)
+            )
+        return np.clip(x, lo, hi)
+
     def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-serialisable description."""
+        """Return a JSON-serialisable description.
+
+        The fitted-scaling fields (``fitted``, ``low``, ``high``, ``dtype``) appear only when
+        fitted, so preset records are exactly those of earlier versions.
+        """
         d = asdict(self)
         d["bands"] = None if self.bands is None else list(self.bands)
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        if self.fitted is None:
+            for key in ("fitted", "low", "high", "dtype"):
+                if d[key] is None:
+                    del d[key]
+        for key in ("low", "high"):
+            if d.get(key) is not None:
+                d[key] = list(d[key])
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> OpticalNormalizer:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict` (records without the fitted fields are preset ones)."""
         bands = d.get("bands")
+        low, high = d.get("low"), d.get("high")
         return cls(
             mean=tuple(d["mean"]),
             std=tuple(d["std"]),
             bands=None if bands is None else tuple(bands),
             scale=float(d.get("scale", 255.0)),
+            fitted=d.get("fitted"),
+            low=None if low is None else tuple(low),
+            high=None if high is None else tuple(high),
+            dtype=None if d.get("dtype") is None else str(d["dtype"]),
+        )
+
+    @classmethod
+    def fit(
+        cls,
+        samples: np.ndarray,
+        mode: Literal["meanstd", "percentile"],
+        *,
+        bands: Sequence[int] | None = None,
+        dtype: str | None = None,
+        percentiles: tuple[float, float] = (2.0, 98.0),
+    ) -> OpticalNormalizer:
+        """Fit a per-band scaling on raw training values.
+
+        Args:
+            samples: ``C×N`` raw values of valid pixels (NaN entries are left out per band).
+            mode: ``meanstd`` (standardise each band with its mean and std) or ``percentile``
+                (stretch ``[p_low, p_high]`` to ``[0, 1]``, clip, then ImageNet's mean/std).
+            bands: 0-based band selection to record (``None``: all bands).
+            dtype: Data type of the training images, recorded for the value-range warning.
+            percentiles: The stretch's percentiles.
+
+        Raises:
+            ValueError: If a band has no valid value.
+
+        Example:
+            >>> x = np.array([[0.0, 10.0, 20.0, 30.0]])
+            >>> n = OpticalNormalizer.fit(x, "meanstd")
+            >>> [round(float(v), 3) for v in n.apply(x[:, None, :]).ravel()]  # (x - 15) / √125
+            [-1.342, -0.447, 0.447, 1.342]
+        """
+        x = np.asarray(samples, np.float64)
+        if x.ndim != 2:
+            raise ValueError(f"samples must be C×N, got shape {x.shape}")
+        lows, highs, means, stds = [], [], [], []
+        for b, row in enumerate(x):
+            v = row[np.isfinite(row)]
+            if v.size == 0:
+                raise ValueError(f"band {b + 1}: no valid value to fit the scaling on")
+            lo, hi = (float(q) for q in np.percentile(v, percentiles))
+            lows.append(lo)
+            highs.append(hi)
+            means.append(float(v.mean()))
+            stds.append(float(v.std()) or 1.0)
+        if mode == "meanstd":
+            mean, std = means, stds
+        elif mode == "percentile":
+            c = len(lows)
+            im_mean = np.resize(np.asarray(IMAGENET_MEAN), c)
+            im_std = np.resize(np.asarray(IMAGENET_STD), c)
+            span = [max(h - lo, 1e-6 * max(abs(h), 1.0)) for lo, h in zip(lows, highs, strict=True)]
+            mean = [lo + m * s for lo, m, s in zip(lows, im_mean, span, strict=True)]
+            std = [sd * s for sd, s in zip(im_std, span, strict=True)]
+        else:
+            raise ValueError(f"unknown scaling mode {mode!r}; expected meanstd or percentile")
+        return cls(
+            mean=tuple(mean),
+            std=tuple(std),
+            bands=None if bands is None else tuple(bands),
+            scale=1.0,
+            fitted=mode,
+            low=tuple(lows),
+            high=tuple(highs),
+            dtype=dtype,
         )
 
 

@@ -1,26 +1,46 @@
-"""``rsprompt predict``: segment whole scenes into QGIS-ready class maps."""
+"""``rsprompt predict``: segment whole scenes into QGIS-ready class maps.
+
+Safety of what it writes: every path the run writes (class maps and their ``.qml`` and
+``.aux.xml`` sidecars, probabilities, vectors, the summary JSON, stale sidecars it deletes, lock
+files) is planned and checked before anything is written: never an input (scenes, aux rasters,
+checkpoint, encoder weights, palette file; compared after resolving symlinks and ``..``), never
+twice in the job, never a folder, existing files only with ``--overwrite``. Each output is locked
+for the run (a second run on it refuses), stale temporary files of killed runs are removed, and
+each scene's outputs are committed together (see :mod:`rsprompt.inference.writers`).
+
+Importing this module changes nothing in the process: the run's environment settings and the
+allocator tuning are made when the command runs (:func:`_tuned_process`).
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import click
 
-# Idle OpenMP threads of torch must not spin against the reader/writer threads (on a 2-core
-# machine spinning made the forward pass 3× slower). Effective only before torch is imported,
-# which the lazy CLI guarantees for `rsprompt predict`.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-# GDAL's block cache defaults to 5% of the RAM and fills with the blocks of big scenes: cap it so
-# that peak memory does not follow the scene's size (32 MB holds a row of 512-px windows of a
-# 6000-px-wide 3-band scene; blocks re-read after eviction cost little).
-os.environ.setdefault("GDAL_CACHEMAX", "32")
-# With the fixed 1 MiB mmap threshold below, every large torch tensor is a fresh mmap: backing it
-# with transparent huge pages (torch's THP_MEM_ALLOC_ENABLE, Linux) cuts the page faults that made
-# a light model's forward pass ~1.6× slower.
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+#: Process settings of a prediction run, set (when absent) while the command runs:
+#: - ``OMP_WAIT_POLICY``: idle OpenMP threads of torch must not spin against the reader/writer
+#:   threads (on a 2-core machine spinning made the forward pass 3× slower); effective only
+#:   before torch is imported, which the lazy CLI guarantees for ``rsprompt predict``;
+#: - ``GDAL_CACHEMAX``: GDAL's block cache defaults to 5% of the RAM and fills with the blocks of
+#:   big scenes; 32 MB holds a row of 512-px windows of a 6000-px-wide 3-band scene;
+#: - ``THP_MEM_ALLOC_ENABLE``: with the fixed mmap threshold below every large torch tensor is a
+#:   fresh mmap; transparent huge pages cut the page faults (a light model ran ~1.6× faster).
+RUN_ENVIRONMENT = {"OMP_WAIT_POLICY": "PASSIVE", "GDAL_CACHEMAX": "32", "THP_MEM_ALLOC_ENABLE": "1"}
+
+PLACEHOLDERS = "{stem} (scene file name without extension), {name} (file name), {dir} (folder)"
+
+#: Names of the output options in messages (class map, probabilities, vectors).
+OPTION_NAMES = ("-o/--output", "--probabilities", "--vectors")
 
 
 def _fixed_mmap_threshold(nbytes: int = 1 << 20) -> None:
@@ -37,9 +57,79 @@ def _fixed_mmap_threshold(nbytes: int = 1 << 20) -> None:
         pass
 
 
-_fixed_mmap_threshold()
+@contextmanager
+def _tuned_process() -> Iterator[None]:
+    """Apply :data:`RUN_ENVIRONMENT` and the mmap threshold for the run.
 
-PLACEHOLDERS = "{stem} (scene file name without extension), {name} (file name), {dir} (folder)"
+    Variables the user did not set are removed again afterwards (the allocator setting stays:
+    glibc cannot restore its dynamic threshold).
+    """
+    added = [k for k in RUN_ENVIRONMENT if k not in os.environ]
+    os.environ.update({k: RUN_ENVIRONMENT[k] for k in added})
+    _fixed_mmap_threshold()
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C so that every temporary file is removed."""
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Handle SIGTERM like SIGINT (only possible in the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _WarningPrinter:
+    """Records the run's warnings and prints each distinct one once, whatever its category.
+
+    ``UserWarning``s print as ``warning: …``, others as ``warning (RuntimeWarning): …``. Only
+    ``DeprecationWarning``/``PendingDeprecationWarning`` (about library APIs, for developers;
+    Python hides them by default too) are left out.
+    """
+
+    HIDDEN = (DeprecationWarning, PendingDeprecationWarning)
+
+    def __init__(self) -> None:
+        self._seen: set[tuple[type, str]] = set()
+        self._records: list[warnings.WarningMessage] = []
+
+    @contextmanager
+    def recording(self) -> Iterator[_WarningPrinter]:
+        """Record warnings inside the block; print what is left at its end."""
+        with warnings.catch_warnings(record=True) as records:
+            warnings.simplefilter("always")
+            self._records = records
+            try:
+                yield self
+            finally:
+                self.flush()
+
+    def flush(self) -> None:
+        """Print the warnings recorded so far (each distinct one once per run)."""
+        records, self._records[:] = list(self._records), []
+        for w in records:
+            key = (w.category, str(w.message))
+            if key in self._seen or issubclass(w.category, self.HIDDEN):
+                continue
+            self._seen.add(key)
+            kind = "" if issubclass(w.category, UserWarning) else f" ({w.category.__name__})"
+            click.echo(f"warning{kind}: {w.message}", err=True)
 
 
 def _fill(pattern: str, scene: Path) -> str:
@@ -64,6 +154,214 @@ def _has_placeholder(pattern: str | None) -> bool:
     return pattern is not None and "{" in pattern
 
 
+@dataclass
+class _Job:
+    """One scene: its inputs and everything it writes."""
+
+    scene: Path
+    aux: Path | None
+    out: Path
+    probs: Path | None
+    vectors: Path | None
+    outputs: list[Any] = field(default_factory=list)  # PlannedOutput
+
+
+@dataclass
+class _Plan:
+    """The whole run: jobs, the summary JSON, inputs, and the folder to create."""
+
+    jobs: list[_Job]
+    summary: Any  # PlannedOutput | None
+    inputs: list[tuple[str, Path]]
+    out_dir: Path | None
+
+    def outputs(self) -> list[Any]:
+        """Every planned output of every scene, then the summary JSON."""
+        every = [o for job in self.jobs for o in job.outputs]
+        return every + ([self.summary] if self.summary is not None else [])
+
+    def creatable(self) -> list[Path]:
+        """The folder the run creates (``--out-dir``, when missing)."""
+        return [self.out_dir] if self.out_dir is not None and not self.out_dir.exists() else []
+
+
+def _check_patterns(
+    scenes: tuple[Path, ...], output: str | None, out_dir: Path | None, patterns: dict[str, Any]
+) -> None:
+    """Refuse option combinations that cannot work before looking at any file."""
+    if output is None and out_dir is None:
+        raise click.UsageError("give -o/--output (one scene) or --out-dir")
+    resolved: dict[Path, Path] = {}
+    for scene in scenes:
+        key = scene.resolve()
+        if key in resolved:
+            raise click.UsageError(f"scene {scene} is given twice")
+        resolved[key] = scene
+    for name, pat in patterns.items():
+        if (
+            len(scenes) > 1
+            and pat is not None
+            and not _has_placeholder(pat)
+            and (out_dir is None or Path(pat).is_absolute())
+        ):
+            raise click.UsageError(
+                f"{name} {pat!r} would be the same file for every scene: use a placeholder, "
+                f"e.g. {{stem}}, or --out-dir"
+            )
+    if out_dir is not None:
+        existing = next(p for p in (out_dir, *out_dir.absolute().parents) if p.exists())
+        if not existing.is_dir():
+            what = (
+                "is a file" if existing == out_dir else f"cannot be created ({existing} is a file)"
+            )
+            raise click.UsageError(f"--out-dir {out_dir} {what}; give a folder")
+
+
+def _plan_jobs(
+    scenes: tuple[Path, ...],
+    aux_pattern: str | None,
+    patterns: tuple[str | None, str | None, str | None],
+    out_dir: Path | None,
+) -> list[_Job]:
+    """Each scene's aux file and output paths (placeholders filled, --out-dir applied)."""
+    from rsprompt.inference.predictor import scene_outputs
+
+    several = len(scenes) > 1
+
+    def out_path(pattern: str | None, default: str | None, scene: Path) -> Path | None:
+        pat = pattern if pattern is not None else default
+        if pat is None:
+            return None
+        p = Path(_fill(pat, scene)).expanduser()
+        if out_dir is not None and not p.is_absolute():
+            if several and not _has_placeholder(pat):
+                p = p.with_name(f"{scene.stem}_{p.name}")
+            p = out_dir / p
+        return p
+
+    output, probabilities, vectors = patterns
+    jobs = []
+    for scene in scenes:
+        job = _Job(
+            scene=scene,
+            aux=_aux_for(aux_pattern, scene) if aux_pattern is not None else None,
+            out=out_path(output, "{stem}_pred.tif", scene),  # type: ignore[arg-type]
+            probs=out_path(probabilities, None, scene),
+            vectors=out_path(vectors, None, scene),
+        )
+        job.outputs = scene_outputs(
+            job.out, job.probs, job.vectors, owner=scene, names=OPTION_NAMES
+        )
+        jobs.append(job)
+    return jobs
+
+
+def _collision_message(a: Any, b: Any) -> str:
+    """Two planned outputs name one file: say which, and how to tell them apart."""
+    if a.owner is None or b.owner is None or a.owner == b.owner:
+        return f"{a.label} and {b.label} name the same file {b.path}"
+    labels = a.label if a.label == b.label else f"{a.label} / {b.label}"
+    text = f"scenes {a.owner} and {b.owner} would both write {b.path} ({labels})"
+    if a.owner.stem == b.owner.stem:
+        return (
+            f"{text}: the scenes have the same file name stem {a.owner.stem!r}, so {{stem}} "
+            "cannot tell them apart; use {dir} to write each map beside its scene (e.g. -o "
+            '"{dir}/{stem}_pred.tif" without --out-dir), or predict them in separate runs with '
+            "different --out-dir folders"
+        )
+    return f"{text}; use {{stem}} (or {{name}}, {{dir}}) in the output patterns"
+
+
+def _build_plan(
+    jobs: list[_Job],
+    summary_json: Path | None,
+    out_dir: Path | None,
+    extra_inputs: list[tuple[str, Path]],
+) -> _Plan:
+    """The run's plan; refuses two outputs on one file (across all scenes)."""
+    from rsprompt.inference.writers import PlannedOutput, find_collision
+
+    summary = None
+    if summary_json is not None:
+        if summary_json.suffix.lower() != ".json":
+            raise click.UsageError(f"--summary-json {summary_json} must be a .json file")
+        summary = PlannedOutput(summary_json, "--summary-json")
+    inputs = [("scene", j.scene) for j in jobs]
+    inputs += [("aux raster", j.aux) for j in jobs if j.aux is not None]
+    plan = _Plan(jobs, summary, inputs + extra_inputs, out_dir)
+    clash = find_collision(plan.outputs())
+    if clash is not None:
+        raise click.UsageError(_collision_message(*clash))
+    return plan
+
+
+def _check_plan(plan: _Plan, overwrite: bool) -> None:
+    """Outputs vs inputs, folders, existing files (see ``check_planned``)."""
+    from rsprompt.inference.writers import check_planned
+
+    check_planned(plan.outputs(), plan.inputs, overwrite=overwrite, creatable=plan.creatable())
+
+
+def _make_folder(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; return those created (deepest first)."""
+    from rsprompt.inference.reader import PredictError
+
+    missing = [p for p in (folder, *folder.absolute().parents) if not p.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PredictError(f"cannot create --out-dir {folder}: {exc.strerror or exc}") from None
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders the run created, if it left them empty (deepest first)."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def _write_summary(path: Path, summaries: list[dict[str, Any]], overwrite: bool) -> None:
+    """The summaries as JSON, written atomically."""
+    from rsprompt.inference.writers import AtomicOutputs, writing
+
+    outputs = AtomicOutputs(overwrite=overwrite)
+    with writing(f"--summary-json {path}"):
+        try:
+            outputs.temp_for(path).write_text(json.dumps(summaries, indent=2))
+        except BaseException:
+            outputs.rollback()
+            raise
+        outputs.commit()
+
+
+def _predict_all(
+    predictor: Any,
+    plan: _Plan,
+    printer: _WarningPrinter,
+    aux_kind: str | None,
+    options: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """Predict every scene (under the run's output locks); return the summaries."""
+    summaries = []
+    for job in plan.jobs:
+        summary = predictor.predict(
+            job.scene,
+            job.out,
+            aux=job.aux,
+            aux_kind=aux_kind,
+            probabilities=job.probs,
+            vectors=job.vectors,
+            **options,
+        )
+        printer.flush()
+        click.echo(summary.format())
+        summaries.append(summary.as_dict())
+    return summaries
+
+
 @click.command("predict")
 @click.argument("scenes", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
@@ -86,16 +384,30 @@ def _has_placeholder(pattern: str | None) -> bool:
     type=click.Path(path_type=Path),
     help="Folder for the outputs of several scenes (created if missing).",
 )
-@click.option("--window", type=int, help="Window side in pixels [default: training patch size].")
-@click.option("--overlap", type=int, help="Window overlap in pixels [default: window / 4].")
 @click.option(
-    "--batch-size", type=int, default=4, show_default=True, help="Windows per forward pass."
+    "--window",
+    type=click.IntRange(min=1),
+    help="Window side in pixels [default: training patch size].",
+)
+@click.option(
+    "--overlap",
+    type=click.IntRange(min=0),
+    help="Window overlap in pixels, less than the window [default: window / 4].",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Windows per forward pass.",
 )
 @click.option("--tta", is_flag=True, help="Average over horizontal/vertical flips (4× slower).")
-@click.option("--probabilities", help="Also write per-class probabilities (uint8 GeoTIFF).")
-@click.option("--vectors", help="Also write class polygons (GeoPackage).")
-@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
-@click.option("--device", default="cpu", show_default=True, help="Torch device.")
+@click.option("--probabilities", help="Also write per-class probabilities (uint8 GeoTIFF, .tif).")
+@click.option("--vectors", help="Also write class polygons (GeoPackage, .gpkg).")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs (and their sidecars).")
+@click.option(
+    "--device", default="cpu", show_default=True, help="Torch device: auto, cpu, cuda, cuda:N, mps."
+)
 @click.option("--classes", help='Class names for open-vocabulary checkpoints: "name1,name2,…".')
 @click.option("--palette", help="Colours: a dataset name, '#rrggbb,#rrggbb,…' or a file of those.")
 @click.option("--weights", help="Encoder weights file (if it moved since training).")
@@ -113,10 +425,56 @@ def _has_placeholder(pattern: str | None) -> bool:
     show_default=True,
 )
 @click.option(
-    "--summary-json", type=click.Path(path_type=Path), help="Write the summaries as JSON."
+    "--summary-json",
+    type=click.Path(path_type=Path),
+    help="Write the summaries as JSON (.json; its folder must exist).",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def predict(
+@click.pass_context
+def predict(ctx: click.Context, **opts: Any) -> None:
+    """Predict SCENES (optical GeoTIFFs) into Cloud-Optimised GeoTIFF class maps.
+
+    Each map has the scene's grid, a colour table, a QGIS style (.qml) and a raster attribute
+    table (.aux.xml) with the class names. The aux raster (--dem or --sar) is warped onto the
+    scene's grid on the fly; where it has no data the model runs without it.
+
+    Nothing is written before every input and output is checked; an output that exists (sidecars
+    included) is replaced only with --overwrite, and never an input.
+
+    Example: rsprompt predict scene.tif --model run/model.ckpt --dem dsm.tif -o map.tif
+
+    Several scenes, aux files by pattern: rsprompt predict a.tif b.tif -m model.ckpt
+    --dem "{stem}_dsm.tif" --out-dir maps/
+    """
+    with _tuned_process():
+        from rasterio._err import CPLE_BaseError
+        from rasterio.errors import RasterioError
+
+        from rsprompt.inference.reader import PredictError
+
+        printer = _WarningPrinter()
+        try:
+            with _sigterm_as_interrupt(), printer.recording():
+                _run(printer, **opts)
+        except _Terminated:
+            click.echo("terminated (SIGTERM): the unfinished outputs were removed", err=True)
+            ctx.exit(143)
+        except PredictError as exc:
+            raise click.ClickException(str(exc)) from None
+        except (OSError, RasterioError, CPLE_BaseError) as exc:
+            raise click.ClickException(_one_line(exc)) from None
+
+
+def _one_line(exc: BaseException) -> str:
+    """An unexpected OS/GDAL error as one line (with the file when the error names one)."""
+    if isinstance(exc, OSError) and exc.filename and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _run(
+    printer: _WarningPrinter,
+    *,
     scenes: tuple[Path, ...],
     checkpoint: Path,
     dem: str | None,
@@ -139,122 +497,59 @@ def predict(
     summary_json: Path | None,
     quiet: bool,
 ) -> None:
-    """Predict SCENES (optical GeoTIFFs) into Cloud-Optimised GeoTIFF class maps.
-
-    Each map has the scene's grid, a colour table, a QGIS style (.qml) and a raster attribute
-    table (.aux.xml) with the class names. The aux raster (--dem or --sar) is warped onto the
-    scene's grid on the fly; where it has no data the model runs without it.
-
-    Example: rsprompt predict scene.tif --model run/model.ckpt --dem dsm.tif -o map.tif
-
-    Several scenes, aux files by pattern: rsprompt predict a.tif b.tif -m model.ckpt
-    --dem "{stem}_dsm.tif" --out-dir maps/
-    """
-    from rsprompt.inference.from_checkpoint import CheckpointPredictor
-    from rsprompt.inference.reader import PredictError
-
+    """The command: check everything, load the model, predict each scene under output locks."""
     if dem is not None and sar is not None:
         raise click.UsageError("give --dem or --sar, not both")
+    if window is not None and overlap is not None and overlap >= window:
+        raise click.UsageError(f"--overlap {overlap} must be less than --window {window}")
     aux_pattern, aux_kind = (dem, "dsm") if dem is not None else (sar, "sar")
     if aux_pattern is None:
         aux_kind = None
-    several = len(scenes) > 1
-    if output is None and out_dir is None:
-        raise click.UsageError("give -o/--output (one scene) or --out-dir")
-    for name, pat in (
-        ("-o/--output", output),
-        ("--probabilities", probabilities),
-        ("--vectors", vectors),
-    ):
-        if (
-            several
-            and pat is not None
-            and not _has_placeholder(pat)
-            and (out_dir is None or Path(pat).is_absolute())
-        ):
-            raise click.UsageError(
-                f"{name} {pat!r} would be the same file for every scene: use a placeholder, "
-                f"e.g. {{stem}}, or --out-dir"
-            )
+    patterns = (output, probabilities, vectors)
+    _check_patterns(scenes, output, out_dir, dict(zip(OPTION_NAMES, patterns, strict=True)))
 
-    def out_path(pattern: str | None, default: str | None, scene: Path) -> Path | None:
-        pat = pattern if pattern is not None else default
-        if pat is None:
-            return None
-        p = Path(_fill(pat, scene)).expanduser()
-        if out_dir is not None and not p.is_absolute():
-            if several and not _has_placeholder(pat):
-                p = p.with_name(f"{scene.stem}_{p.name}")
-            p = out_dir / p
-        return p
+    from rsprompt.engine.device import DeviceError, resolve_device
+    from rsprompt.inference.from_checkpoint import CheckpointPredictor
+    from rsprompt.inference.writers import locked_outputs
 
-    jobs = []
-    for scene in scenes:
-        jobs.append(
-            {
-                "scene": scene,
-                "aux": _aux_for(aux_pattern, scene) if aux_pattern is not None else None,
-                "out": out_path(output, "{stem}_pred.tif", scene),
-                "probs": out_path(probabilities, None, scene),
-                "vectors": out_path(vectors, None, scene),
-            }
-        )
-    seen: dict[Path, Path] = {}
-    for job in jobs:
-        for key in ("out", "probs", "vectors"):
-            p = job[key]
-            if p is None:
-                continue
-            r = p.resolve()
-            if r in seen:
-                raise click.UsageError(
-                    f"scenes {seen[r]} and {job['scene']} would both write {p}; rename the scenes "
-                    "or use {stem} in the output pattern"
-                )
-            seen[r] = job["scene"]
     try:
-        from rsprompt.inference.predictor import check_outputs
-
-        if out_dir is not None:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        for job in jobs:
-            check_outputs([job["out"], job["probs"], job["vectors"]], overwrite)
-        predictor = CheckpointPredictor(
-            checkpoint,
-            weights=weights,
-            device=device,
-            classes=classes.split(",") if classes is not None else None,
-            palette=palette,
-        )
-        # Check every input before writing anything.
-        for job in jobs:
-            predictor.check(job["scene"], aux=job["aux"], aux_kind=aux_kind)
-        summaries = []
-        for job in jobs:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", UserWarning)
-                summary = predictor.predict(
-                    job["scene"],
-                    job["out"],
-                    aux=job["aux"],
-                    aux_kind=aux_kind,
-                    window=window,
-                    overlap=overlap,
-                    batch_size=batch_size,
-                    tta=tta,
-                    probabilities=job["probs"],
-                    vectors=job["vectors"],
-                    overwrite=overwrite,
-                    overview_resampling=overviews,
-                    compress=compress,
-                    progress=not quiet,
-                )
-            for w in caught:
-                if issubclass(w.category, UserWarning):
-                    click.echo(f"warning: {w.message}", err=True)
-            click.echo(summary.format())
-            summaries.append(summary.as_dict())
-    except PredictError as exc:
-        raise click.ClickException(str(exc)) from None
-    if summary_json is not None:
-        summary_json.write_text(json.dumps(summaries, indent=2))
+        torch_device = resolve_device(device)
+    except DeviceError as exc:
+        raise click.BadParameter(str(exc), param_hint="--device") from None
+    jobs = _plan_jobs(scenes, aux_pattern, patterns, out_dir)
+    extra = [("checkpoint", checkpoint)]
+    extra += [("--weights file", Path(weights))] if weights is not None else []
+    if palette is not None and Path(palette).is_file():
+        extra.append(("palette file", Path(palette)))
+    plan = _build_plan(jobs, summary_json, out_dir, extra)
+    _check_plan(plan, overwrite)
+    predictor = CheckpointPredictor(
+        checkpoint,
+        weights=weights,
+        device=torch_device,
+        classes=classes.split(",") if classes is not None else None,
+        palette=palette,
+    )
+    for job in jobs:  # every input is checked before anything is written
+        predictor.check(job.scene, aux=job.aux, aux_kind=aux_kind)
+    created = _make_folder(out_dir) if out_dir is not None else []
+    finals = [o.path for o in plan.outputs() if not o.removes]
+    options = {
+        "window": window,
+        "overlap": overlap,
+        "batch_size": batch_size,
+        "tta": tta,
+        "overwrite": overwrite,
+        "overview_resampling": overviews,
+        "compress": compress,
+        "progress": not quiet,
+    }
+    try:
+        with locked_outputs(finals, keep=[p for _, p in plan.inputs]):
+            _check_plan(plan, overwrite)  # again under the locks (another run may have finished)
+            summaries = _predict_all(predictor, plan, printer, aux_kind, options)
+            if summary_json is not None:
+                _write_summary(summary_json, summaries, overwrite)
+    except BaseException:
+        _remove_empty(created)
+        raise

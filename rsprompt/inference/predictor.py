@@ -23,12 +23,15 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from rasterio._err import CPLE_BaseError
+from rasterio.errors import RasterioError
 from torch import Tensor
 
 from rsprompt.data.labels import ClassTable
@@ -44,16 +47,24 @@ from rsprompt.inference.windows import (
 from rsprompt.inference.writers import (
     BLOCK,
     AtomicOutputs,
+    PlannedOutput,
     StripWriter,
+    check_planned,
     class_dtype,
     colormap,
+    find_collision,
+    locked_outputs,
     qml_text,
     rat_aux_xml_text,
+    stale_sidecars,
     to_cog,
     write_vectors,
+    writing,
 )
 
-#: Rows per strip of the temporary class raster; strips are flushed at multiples of this.
+#: Rows per strip of the temporary rasters (striped files, one column band): the blended rows
+#: are flushed in multiples of this, so that every write fills whole strips (see
+#: :class:`~rsprompt.inference.writers.StripWriter`).
 STRIP_ROWS = 16
 
 #: ``normalize(image C×h×w, aux A×h×w | None, aux_valid h×w | None, offset (row, col))``
@@ -73,16 +84,18 @@ class SceneNormalizer(Protocol):
     """A normaliser that needs scene-wide aux statistics before it can be applied.
 
     ``predict_scene`` computes :class:`~rsprompt.inference.reader.AuxStats` over the valid aux
-    pixels of the whole scene (a streaming pre-pass; with ``ground_cell_px`` set, also a grid of
-    per-cell minima for ground estimation) and calls :meth:`fit` once, then calls the normaliser
-    on every window like a :data:`NormalizeFn`. An optional attribute
-    ``stats_compress_with_scene_size`` (default True) says whether its statistics widen as the
-    scene grows (a min–max does, an nDSM ground grid does not): then a scene much larger than the
-    training tiles gets a warning.
+    pixels of the whole scene (a streaming pre-pass) and calls :meth:`fit` once, then calls the
+    normaliser on every window like a :data:`NormalizeFn`. Any object with a true
+    ``needs_aux_stats`` and a ``fit`` method is fitted. Optional attributes:
+
+    - ``ground_cell_px`` (default ``None``): also compute a grid of per-cell minima of that many
+      pixels for ground estimation;
+    - ``stats_compress_with_scene_size`` (default True): whether its statistics widen as the
+      scene grows (a min–max does, an nDSM ground grid does not); then a scene much larger than
+      the training tiles gets a warning.
     """
 
     needs_aux_stats: bool
-    ground_cell_px: int | None
 
     def fit(self, stats: AuxStats) -> None:
         """Take the scene-wide aux statistics."""
@@ -107,6 +120,15 @@ def _identity(
 
 
 _identity.pixelwise = True  # type: ignore[attr-defined]
+
+
+def _needs_aux_stats(norm: object) -> bool:
+    """Whether ``norm`` is a :class:`SceneNormalizer` asking for statistics.
+
+    Only ``needs_aux_stats`` and ``fit`` count: ``ground_cell_px`` and the other attributes are
+    optional (``isinstance`` on the runtime protocol would require every data member).
+    """
+    return bool(getattr(norm, "needs_aux_stats", False)) and callable(getattr(norm, "fit", None))
 
 
 class _Stop(Exception):
@@ -306,21 +328,109 @@ def _pad_to(t: Tensor, h: int, w: int, mode: str) -> Tensor:
     return F.pad(t, (0, max(pw, 0), 0, max(ph, 0)), mode=mode)
 
 
-def check_outputs(paths: Sequence[Path | None], overwrite: bool) -> None:
-    """Fail if an output exists (without ``overwrite``) or its folder does not.
+_SIDECAR_NAMES = {".aux.xml": "GDAL metadata", ".ovr": "external overviews", ".msk": "mask"}
+
+
+def _require_suffix(path: Path, name: str, suffixes: tuple[str, ...], kind: str) -> None:
+    if path.suffix.lower() not in suffixes:
+        raise PredictError(f"{name} {path} must be {kind}")
+
+
+def scene_outputs(
+    out_path: str | Path,
+    probabilities: str | Path | None = None,
+    vectors: str | Path | None = None,
+    *,
+    owner: Path | None = None,
+    names: tuple[str, str, str] = ("out_path", "probabilities", "vectors"),
+) -> list[PlannedOutput]:
+    """Every file :func:`predict_scene` writes for one scene, sidecars included.
+
+    The class map, its ``.qml`` style and ``.aux.xml`` attribute table, the probabilities and
+    vectors when asked for, then the stale GDAL sidecars (external overviews, masks, metadata)
+    that replacing a GeoTIFF output deletes.
+
+    Args:
+        out_path: Class map.
+        probabilities: Probability GeoTIFF, or ``None``.
+        vectors: GeoPackage, or ``None``.
+        owner: The scene (for messages).
+        names: How the three are called in messages (the CLI's option names).
 
     Raises:
-        PredictError: Naming the output.
+        PredictError: An output with the wrong extension.
     """
-    for p in paths:
-        if p is None:
+    o_name, p_name, v_name = names
+    out_path = Path(out_path)
+    tif = (".tif", ".tiff")
+    _require_suffix(out_path, o_name, tif, "a GeoTIFF (.tif or .tiff)")
+    planned = [
+        PlannedOutput(out_path, o_name, owner),
+        PlannedOutput(out_path.with_suffix(".qml"), f"QGIS style of {o_name}", owner),
+        PlannedOutput(Path(f"{out_path}.aux.xml"), f"attribute table of {o_name}", owner),
+    ]
+    if probabilities is not None:
+        _require_suffix(Path(probabilities), p_name, tif, "a GeoTIFF (.tif or .tiff)")
+        planned.append(PlannedOutput(Path(probabilities), p_name, owner))
+    if vectors is not None:
+        _require_suffix(Path(vectors), v_name, (".gpkg",), "a GeoPackage (.gpkg)")
+        planned.append(PlannedOutput(Path(vectors), v_name, owner))
+    finals = [o.path for o in planned]
+    for o in list(planned):
+        for side in stale_sidecars(o.path, finals):
+            kind = _SIDECAR_NAMES[side.name[len(o.path.name) :]]
+            planned.append(PlannedOutput(side, f"{kind} of {o.label}", owner, removes=True))
+    return planned
+
+
+def _check_scene_outputs(
+    planned: list[PlannedOutput], inputs: list[tuple[str, Path]], overwrite: bool
+) -> None:
+    """Distinct outputs, none an input or a folder, existing ones only with ``overwrite``."""
+    clash = find_collision(planned)
+    if clash is not None:
+        a, b = clash
+        raise PredictError(f"{a.label} and {b.label} name the same file {b.path}")
+    check_planned(planned, inputs, overwrite=overwrite)
+
+
+@contextmanager
+def _reading(scene: Path, aux: Path | None) -> Iterator[None]:
+    """A raw read error in the middle of a run (corrupt block) as a PredictError naming files."""
+    try:
+        yield
+    except (OSError, RasterioError, CPLE_BaseError) as exc:
+        what = f"scene {scene}" + (f" or its aux raster {aux}" if aux is not None else "")
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise PredictError(f"cannot read {what}: {reason}") from exc
+
+
+@contextmanager
+def _atomic(overwrite: bool, what: str, near: Path) -> Iterator[AtomicOutputs]:
+    """:class:`AtomicOutputs` committed at the end of the block (errors named), else rolled back."""
+    outputs = AtomicOutputs(overwrite=overwrite)
+    try:
+        yield outputs
+    except BaseException:
+        outputs.rollback()
+        raise
+    with writing(what, near):
+        outputs.commit()
+
+
+def _close_writers(writers: list[StripWriter | None], ok: bool) -> None:
+    """Close the temporary rasters; a close error counts only if nothing failed before."""
+    for w in writers:
+        if w is None:
             continue
-        if p.exists() and not overwrite:
-            raise PredictError(
-                f"output {p} exists; pass overwrite=True (--overwrite) to replace it"
-            )
-        if not p.parent.is_dir():
-            raise PredictError(f"output folder {p.parent} does not exist")
+        if ok:
+            with writing(f"the temporary raster {w.path}", w.path):
+                w.close()
+        else:
+            try:
+                w.close()
+            except Exception:
+                pass  # the first error is the one raised
 
 
 def predict_scene(
@@ -402,17 +512,13 @@ def predict_scene(
     """
     t_start = time.perf_counter()
     scene = Path(scene)
+    aux_path = Path(aux) if aux is not None else None
     out_path = Path(out_path)
     probs_path = Path(probabilities) if probabilities is not None else None
     vec_path = Path(vectors) if vectors is not None else None
-    if out_path.suffix.lower() not in (".tif", ".tiff"):
-        raise PredictError(f"output {out_path} must be a GeoTIFF (.tif)")
-    if vec_path is not None and vec_path.suffix.lower() != ".gpkg":
-        raise PredictError(f"vector output {vec_path} must be a GeoPackage (.gpkg)")
-    for p in (out_path, probs_path, vec_path):
-        if p is not None and p.resolve() in (scene.resolve(), Path(aux).resolve() if aux else None):
-            raise PredictError(f"output {p} would overwrite an input")
-    check_outputs([out_path, probs_path, vec_path], overwrite)
+    planned = scene_outputs(out_path, probs_path, vec_path)
+    inputs = [("scene", scene)] + ([("aux raster", aux_path)] if aux_path is not None else [])
+    _check_scene_outputs(planned, inputs, overwrite)
     if window < 1 or not 0 <= overlap < window:
         raise PredictError(f"need window >= 1 and 0 <= overlap < window, got {window}, {overlap}")
     if batch_size < 1:
@@ -432,15 +538,19 @@ def predict_scene(
     )
     stats: AuxStats | None = None
     height, width, crs, transform = reader.height, reader.width, reader.crs, reader.transform
-    try:
-        if reader.has_aux and isinstance(norm, SceneNormalizer) and norm.needs_aux_stats:
-            stats = reader.aux_statistics(ground_cell=getattr(norm, "ground_cell_px", None))
-            norm.fit(stats)
+    finals = [o.path for o in planned if not o.removes]
+    with reader, locked_outputs(finals, keep=[p for _, p in inputs]):
+        # Again under the locks: another run may have finished these outputs meanwhile.
+        _check_scene_outputs(planned, inputs, overwrite)
+        if reader.has_aux and _needs_aux_stats(norm):
+            with _reading(scene, aux_path):
+                stats = reader.aux_statistics(ground_cell=getattr(norm, "ground_cell_px", None))
+            norm.fit(stats)  # type: ignore[union-attr]
             big = train_patch_size and max(reader.height, reader.width) > 4 * train_patch_size
             if big and getattr(norm, "stats_compress_with_scene_size", True):
                 warnings.warn(
                     f"the aux normalisation of this checkpoint takes statistics per training "
-                    f"tile ({train_patch_size} px); over scene {scene.name} "
+                    f"patch ({train_patch_size} px); over scene {scene.name} "
                     f"({reader.width}×{reader.height} px) they are taken once over the whole "
                     "scene, which compresses the heights the model sees. Prefer an nDSM "
                     "(height above ground) or a checkpoint trained with global statistics.",
@@ -453,43 +563,58 @@ def predict_scene(
         counts = np.zeros(k, np.int64)
         nodata_px = 0
         extra: list[Path] = []
-        with AtomicOutputs() as outputs:
+        # Column bands keep the accumulator within the memory budget for very wide scenes.
+        col_bands = column_bands(
+            reader.width, win_w, (k + 2) * 4.0 * (win_h + BLOCK), memory_mb * 2**20, BLOCK
+        )
+        # Every write fills whole blocks of the temporary rasters: full-width strips of
+        # STRIP_ROWS rows (striped files) for one band, BLOCK-aligned tiles for column bands.
+        align = STRIP_ROWS if len(col_bands) == 1 else BLOCK
+        strip_rows = STRIP_ROWS if len(col_bands) == 1 else None
+        with _atomic(
+            overwrite, f"the outputs of scene {scene} ({out_path}, …)", out_path
+        ) as outputs:
             cls_tmp = outputs.scratch(out_path)
-            cls_writer = StripWriter(
-                cls_tmp,
-                height=reader.height,
-                width=reader.width,
-                count=1,
-                dtype=dtype,
-                crs=reader.crs,
-                transform=reader.transform,
-                nodata=nodata,
-                colormap=colormap(classes.colors, nodata),
-            )
+            with writing(f"the class map {out_path} (temporary file {cls_tmp})", cls_tmp):
+                cls_writer = StripWriter(
+                    cls_tmp,
+                    height=reader.height,
+                    width=reader.width,
+                    count=1,
+                    dtype=dtype,
+                    crs=reader.crs,
+                    transform=reader.transform,
+                    nodata=nodata,
+                    colormap=colormap(classes.colors, nodata),
+                    strip_rows=strip_rows,
+                )
             prob_writer = None
             prob_tmp = None
             if probs_path is not None:
                 prob_tmp = outputs.scratch(probs_path)
-                prob_writer = StripWriter(
-                    prob_tmp,
-                    height=reader.height,
-                    width=reader.width,
-                    count=k,
-                    dtype="uint8",
-                    crs=reader.crs,
-                    transform=reader.transform,
-                    nodata=None,
-                    descriptions=list(classes.names),
-                )
-            # Column bands keep the accumulator within the memory budget for very wide scenes.
-            bands = column_bands(
-                reader.width, win_w, (k + 2) * 4.0 * (win_h + BLOCK), memory_mb * 2**20, BLOCK
-            )
-            align = STRIP_ROWS if len(bands) == 1 else BLOCK
+                try:
+                    with writing(
+                        f"the probabilities {probs_path} (temporary file {prob_tmp})", prob_tmp
+                    ):
+                        prob_writer = StripWriter(
+                            prob_tmp,
+                            height=reader.height,
+                            width=reader.width,
+                            count=k,
+                            dtype="uint8",
+                            crs=reader.crs,
+                            transform=reader.transform,
+                            nodata=None,
+                            descriptions=list(classes.names),
+                            strip_rows=strip_rows,
+                        )
+                except BaseException:
+                    _close_writers([cls_writer], False)
+                    raise
             state: dict[str, Any] = {"band": -1, "acc": None}
 
             def start_band(b: int) -> None:
-                c0, c1 = bands[b]
+                c0, c1 = col_bands[b]
                 wins = band_windows(windows, c0, c1)
                 u0, u1 = min(w.col for w in wins), max(w.col_end for w in wins)
                 state.update(
@@ -516,16 +641,20 @@ def predict_scene(
                 counts[:] += np.bincount(cls[valid].ravel(), minlength=k)[:k]
                 nodata_px += int((~valid).sum())
                 cls[~valid] = nodata
-                cls_writer.write(cls, top, c0)
+                with writing(f"the class map {out_path} (temporary file {cls_tmp})", cls_tmp):
+                    cls_writer.write(cls, top, c0)
                 if prob_writer is not None:
                     probs = psum * (255.0 / np.maximum(wsum, 1e-12))
                     p8 = np.rint(probs).astype(np.uint8)
                     p8[:, ~valid] = 0
-                    prob_writer.write(p8, top, c0)
+                    with writing(
+                        f"the probabilities {probs_path} (temporary file {prob_tmp})", prob_tmp
+                    ):
+                        prob_writer.write(p8, top, c0)
 
             batches = []
-            for b, (c0, c1) in enumerate(bands):
-                wins = band_windows(windows, c0, c1) if len(bands) > 1 else windows
+            for b, (c0, c1) in enumerate(col_bands):
+                wins = band_windows(windows, c0, c1) if len(col_bands) > 1 else windows
                 batches += [(b, wins[i : i + batch_size]) for i in range(0, len(wins), batch_size)]
             n_windows = sum(len(bw) for _, bw in batches)
             weight_cache: dict[tuple[bool, bool, bool, bool], np.ndarray] = {}
@@ -579,7 +708,8 @@ def predict_scene(
                 for band, batch in batches:
                     imgs, auxs, avals, valids = [], [], [], []
                     for win in batch:
-                        img, valid, a, av = strips.read(win, *row_span[(band, win.row)])
+                        with _reading(scene, aux_path):
+                            img, valid, a, av = strips.read(win, *row_span[(band, win.row)])
                         if not pixelwise:
                             img, a, av = normalized(img, a, av, (win.row, win.col))
                         imgs.append(np.asarray(img, np.float32))
@@ -656,6 +786,7 @@ def predict_scene(
             was_training = getattr(model, "training", False)
             if hasattr(model, "eval"):
                 model.eval()
+            ok = False
             try:
                 with torch.inference_mode():
                     if overlap_io:
@@ -664,38 +795,39 @@ def predict_scene(
                         for item in read_batches():
                             blend(compute(item))
                     finish_blending()
+                ok = True
             finally:
                 if bar is not None:
                     bar.close()
                 if was_training and hasattr(model, "train"):
                     model.train()
-                cls_writer.close()
-                if prob_writer is not None:
-                    prob_writer.close()
+                _close_writers([cls_writer, prob_writer], ok)
 
             # Finish: COGs, sidecars, vectors (all temporary until commit).
             cog_tmp = outputs.temp_for(out_path)
-            to_cog(cls_tmp, cog_tmp, overview_resampling=overview_resampling, compress=compress)
+            with writing(f"the class map {out_path} (temporary file {cog_tmp})", cog_tmp):
+                to_cog(cls_tmp, cog_tmp, overview_resampling=overview_resampling, compress=compress)
             qml = out_path.with_suffix(".qml")
-            outputs.temp_for(qml).write_text(qml_text(classes.names, classes.colors, nodata))
             aux_xml = Path(f"{out_path}.aux.xml")
-            outputs.temp_for(aux_xml).write_text(
-                rat_aux_xml_text(classes.names, classes.colors, counts.tolist(), nodata)
-            )
+            rat = rat_aux_xml_text(classes.names, classes.colors, counts.tolist(), nodata)
+            for path, text in (
+                (qml, qml_text(classes.names, classes.colors, nodata)),
+                (aux_xml, rat),
+            ):
+                tmp = outputs.temp_for(path)
+                with writing(f"{path} (temporary file {tmp})", tmp):
+                    tmp.write_text(text)
             extra += [qml, aux_xml]
             if probs_path is not None and prob_tmp is not None:
-                to_cog(
-                    prob_tmp,
-                    outputs.temp_for(probs_path),
-                    overview_resampling="average",
-                    compress=compress,
-                )
+                tmp = outputs.temp_for(probs_path)
+                with writing(f"the probabilities {probs_path} (temporary file {tmp})", tmp):
+                    to_cog(prob_tmp, tmp, overview_resampling="average", compress=compress)
                 extra.append(probs_path)
             if vec_path is not None:
-                write_vectors(cls_tmp, outputs.temp_for(vec_path), classes.names)
+                tmp = outputs.temp_for(vec_path)
+                with writing(f"the vectors {vec_path} (temporary file {tmp})", tmp):
+                    write_vectors(cls_tmp, tmp, classes.names)
                 extra.append(vec_path)
-    finally:
-        reader.close()
     return PredictSummary(
         scene=scene,
         output=out_path,

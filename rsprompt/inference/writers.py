@@ -1,29 +1,50 @@
 """Writers for GIS-ready outputs: class COG, QGIS style, raster attribute table, vectors.
 
-- The class map is streamed strip by strip into a temporary tiled GeoTIFF, then copied to a
-  Cloud-Optimised GeoTIFF with GDAL's COG driver (internal NEAREST/MODE overviews, 512 tiles,
-  DEFLATE or ZSTD), keeping the colour table and nodata value.
+- The class map is streamed strip by strip into a temporary GeoTIFF (:class:`StripWriter`, whose
+  blocks the writes fill completely), then copied to a Cloud-Optimised GeoTIFF with GDAL's COG
+  driver (internal NEAREST/MODE overviews, 512 tiles, DEFLATE or ZSTD), keeping the colour table
+  and nodata value.
 - Sidecars: a same-named ``.qml`` (QGIS "paletted" renderer with the class names) and a GDAL
   raster attribute table in ``.aux.xml``.
-- Every output goes to a temporary file in its destination folder first; :class:`AtomicOutputs`
-  renames them all at the end, or deletes them all on error.
+- Output safety: every path a run writes is planned and checked first (:func:`check_planned`:
+  never an input, never a folder, existing files only with ``overwrite``); each output is locked
+  for the run (:func:`locked_outputs`, so a second run on it refuses) and stale temporary files of
+  killed runs are removed; every output goes to a hidden temporary file in its destination folder
+  first and :class:`AtomicOutputs` renames them all at the end (rolling back on failure), or
+  deletes them all on error.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import re
+import shutil
+import threading
 import uuid
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
 import rasterio
 import rasterio.shutil
+from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp
+from rasterio.errors import RasterioError
 from rasterio.transform import Affine
 from rasterio.windows import Window as RioWindow
+
+from rsprompt.inference.reader import PredictError
+
+try:
+    import fcntl
+except ImportError:  # Windows: outputs are not locked
+    fcntl = None  # type: ignore[assignment]
 
 #: Tile size of every raster written.
 BLOCK = 512
@@ -49,9 +70,292 @@ def hex_color(rgb: Sequence[int]) -> str:
     return f"#{r:02x}{g:02x}{b:02x}"
 
 
-# ---------------------------------------------------------------------------- atomic writes
+# ---------------------------------------------------------------------------- output safety
+#: Kinds of hidden files this module creates next to an output (see :func:`temp_name`).
+_TEMP_KINDS = ("tmp", "scratch", "bak")
+
+
+class OutputError(PredictError):
+    """An output cannot be written (exists, is an input, folder missing, locked, disk full…)."""
+
+
+class OutputLockedError(OutputError):
+    """Another process is writing the same output (its lock file is held)."""
+
+
+def temp_name(final: str | Path, kind: str, suffix: str | None = None) -> Path:
+    """A fresh hidden name next to ``final``: ``.{name}.{pid}-{8 hex}.{kind}{suffix}``.
+
+    The process id lets a later run recognise the leftovers of a killed one (see
+    :func:`remove_stale_temps`); a name that already exists is never returned.
+    """
+    final = Path(final)
+    if kind not in _TEMP_KINDS:
+        raise ValueError(f"unknown temporary kind {kind!r}")
+    suffix = final.suffix if suffix is None else suffix
+    while True:
+        tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        path = final.with_name(f".{final.name}.{tag}.{kind}{suffix}")
+        if not os.path.lexists(path):
+            return path
+
+
+def gdal_sidecars(path: str | Path) -> list[Path]:
+    """Files GDAL reads with a raster ``path`` (PAM ``.aux.xml``, overviews, mask)."""
+    return [Path(f"{path}{ext}") for ext in (".aux.xml", ".ovr", ".msk")]
+
+
+def stale_sidecars(final: str | Path, finals: Sequence[str | Path] = ()) -> list[Path]:
+    """Sidecars of a GeoTIFF output that would describe the old file: deleted when it is replaced.
+
+    Args:
+        final: An output.
+        finals: All outputs of the set (a sidecar that is itself an output is not stale).
+    """
+    final = Path(final)
+    if final.suffix.lower() not in (".tif", ".tiff"):
+        return []
+    keep = {Path(f) for f in finals}
+    return [p for p in gdal_sidecars(final) if p not in keep]
+
+
+#: Free space under which a failed write is blamed on a full disk.
+FULL_DISK_BYTES = 4 << 20
+
+
+def _one_reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.errno is not None and exc.strerror:
+        text = exc.strerror
+        if exc.errno == errno.ENOSPC:
+            text = "no space left on the device"
+        if exc.filename:
+            text = f"{exc.filename}: {text}"
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split()).removesuffix(" See previous exception for details.")
+
+
+def _reason(exc: BaseException) -> str:
+    """One line saying why an OS or GDAL call failed (with GDAL's chained causes)."""
+    parts: list[str] = []
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        text = _one_reason(cur)
+        if text and text not in parts:
+            parts.append(text)
+        cur = cur.__cause__
+    return ": ".join(parts)
+
+
+def _full_disk_hint(exc: BaseException, near: Path | None) -> str:
+    """``"; no space left…"`` when the disk of ``near`` is (almost) full and the error hides it."""
+    if near is None or (isinstance(exc, OSError) and exc.errno == errno.ENOSPC):
+        return ""
+    try:
+        free = shutil.disk_usage(near.parent).free
+    except OSError:
+        return ""
+    if free >= FULL_DISK_BYTES:
+        return ""
+    return f" (no space left on the device: {free // 1024} kB free in {near.parent})"
+
+
+@contextmanager
+def writing(what: str, near: str | Path | None = None) -> Iterator[None]:
+    """Turn an OS or GDAL error raised inside the block into an :class:`OutputError`.
+
+    GDAL reports a full disk as a bare ``Write failed`` (the ``ENOSPC`` goes to stderr only):
+    when the folder of ``near`` has less than :data:`FULL_DISK_BYTES` free, the message says so.
+
+    Args:
+        what: The output being written, for the message (e.g. ``"class map out/map.tif"``).
+        near: A file in the folder being written to (for the full-disk check).
+    """
+    try:
+        yield
+    except (OSError, RasterioError, CPLE_BaseError) as exc:
+        hint = _full_disk_hint(exc, Path(near) if near is not None else None)
+        raise OutputError(f"cannot write {what}: {_reason(exc)}{hint}") from exc
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    except (OverflowError, OSError):
+        return False
+    return True
+
+
+def remove_stale_temps(final: str | Path, keep: Sequence[str | Path] = ()) -> list[Path]:
+    """Delete the temporary and scratch files of ``final`` left by processes that are gone.
+
+    Only names made by :func:`temp_name` (kinds ``tmp`` and ``scratch``, with GDAL's extras) whose
+    process id is not alive are removed; backups (``bak``) of replaced outputs are kept. Call it
+    while holding ``final``'s lock (:func:`locked_outputs` does).
+
+    Args:
+        final: An output.
+        keep: Paths never deleted (the run's inputs).
+
+    Returns:
+        The files removed.
+    """
+    final = Path(final)
+    pattern = re.compile(
+        rf"^\.{re.escape(final.name)}\.(\d+)-[0-9a-f]{{8}}\.(?:tmp|scratch)(?:\.|$)"
+    )
+    protected = {Path(k).resolve() for k in keep}
+    removed = []
+    try:
+        entries = list(os.scandir(final.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = pattern.match(entry.name)
+        if m is None or _pid_alive(int(m.group(1))) or not entry.is_file(follow_symlinks=False):
+            continue
+        path = Path(entry.path)
+        if path.resolve() in protected:
+            continue
+        try:
+            path.unlink()
+            removed.append(path)
+        except OSError:
+            pass
+    return removed
+
+
+def lock_path(final: str | Path) -> Path:
+    """The lock file of an output: ``.{name}.lock`` in its folder."""
+    final = Path(final)
+    return final.with_name(f".{final.name}.lock")
+
+
+#: Locks held by this process: ``(resolved output, thread id) -> [fd, depth, lock file]``.
+_HELD: dict[tuple[Path, int], list[Any]] = {}
+_HELD_GUARD = threading.Lock()
+
+
+def _lock_owner(fd: int) -> str:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return ""
+    return f" (process {text})" if text.isdigit() else ""
+
+
+def _acquire(final: Path) -> bool:
+    """Lock ``final`` (resolved) for this thread; ``True`` when newly locked (not re-entered)."""
+    key = (final, threading.get_ident())
+    with _HELD_GUARD:
+        if key in _HELD:
+            _HELD[key][1] += 1
+            return False
+    lock = lock_path(final)
+    for _ in range(5):
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        except OSError as exc:
+            raise OutputError(
+                f"cannot create files in {final.parent} (lock file for {final}): {_reason(exc)}"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = _lock_owner(fd)
+            os.close(fd)
+            raise OutputLockedError(
+                f"output {final} is being written by another run{owner}; wait for it to "
+                f"finish or choose another output (lock file {lock})"
+            ) from None
+        except OSError:
+            pass  # no advisory locks on this file system: proceed unlocked
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except OSError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            with _HELD_GUARD:
+                _HELD[key] = [fd, 1, lock]
+            return True
+        os.close(fd)  # the previous holder removed the file meanwhile: lock the new one
+    raise OutputLockedError(f"output {final}: cannot take its lock file {lock}")
+
+
+def _release(final: Path) -> None:
+    key = (final, threading.get_ident())
+    with _HELD_GUARD:
+        held = _HELD[key]
+        held[1] -= 1
+        if held[1] > 0:
+            return
+        del _HELD[key]
+    fd, _, lock = held
+    try:
+        os.unlink(lock)  # while still locked, so that no other run locks a file being removed
+    except OSError:
+        pass
+    os.close(fd)
+
+
+@contextmanager
+def locked_outputs(
+    paths: Sequence[str | Path | None], keep: Sequence[str | Path] = ()
+) -> Iterator[None]:
+    """Hold an exclusive lock on every output for the duration of the block.
+
+    Each output ``x`` gets a hidden lock file ``.x.lock`` in its folder, locked with
+    ``fcntl.flock``: a second run (any process) on the same output fails at once with
+    :class:`OutputLockedError`; a lock of a killed process vanishes with it (its file is reused).
+    Once locked, the stale temporary files of the output are removed
+    (:func:`remove_stale_temps`). Re-entrant within a thread; lock files are deleted on exit.
+    Without ``fcntl`` (Windows) nothing is locked.
+
+    Args:
+        paths: Outputs (``None`` entries are skipped).
+        keep: Inputs, never deleted by the stale-file cleanup.
+
+    Raises:
+        OutputLockedError: Another run holds one of the locks.
+        OutputError: A lock file cannot be created (read-only folder…).
+    """
+    if fcntl is None:
+        yield
+        return
+    finals = list(dict.fromkeys(Path(p).resolve() for p in paths if p is not None))
+    held: list[Path] = []
+    try:
+        for final in finals:
+            if _acquire(final):
+                remove_stale_temps(final, keep)
+            held.append(final)
+        yield
+    finally:
+        for final in reversed(held):
+            _release(final)
+
+
 class AtomicOutputs:
     """Temporary files that become the final outputs all together, or not at all.
+
+    Every output is written to a hidden temporary file in its own folder (:meth:`temp_for`);
+    :meth:`commit` moves the files it replaces aside, renames the temporary files onto the final
+    names and then deletes the old files. If any step fails, the new files are removed and the old
+    ones put back, and no temporary file is left. Scratch files (:meth:`scratch`) are always
+    deleted.
+
+    Args:
+        overwrite: Whether an existing output may be replaced (checked again at commit).
 
     Example:
         >>> import tempfile
@@ -63,49 +367,91 @@ class AtomicOutputs:
         ['map.tif']
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, overwrite: bool = True) -> None:
+        self.overwrite = overwrite
         self._pending: list[tuple[Path, Path]] = []
         self._scratch: list[Path] = []
 
     def temp_for(self, final: str | Path) -> Path:
         """A temporary path in ``final``'s folder that replaces ``final`` on commit."""
         final = Path(final)
-        tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.tmp{final.suffix}")
+        tmp = temp_name(final, "tmp")
         self._pending.append((tmp, final))
         return tmp
 
     def scratch(self, near: str | Path, suffix: str = ".tif") -> Path:
         """A temporary path next to ``near`` that is always deleted at the end."""
-        near = Path(near)
-        tmp = near.with_name(f".{near.name}.{uuid.uuid4().hex[:8]}.scratch{suffix}")
+        tmp = temp_name(near, "scratch", suffix)
         self._scratch.append(tmp)
         return tmp
 
     @staticmethod
     def _remove(path: Path) -> None:
-        for p in (path, Path(f"{path}.aux.xml"), Path(f"{path}.ovr"), Path(f"{path}.msk")):
-            if p.exists():
-                p.unlink()
+        for p in (path, *gdal_sidecars(path)):
+            try:
+                p.unlink(missing_ok=True)
+            except OSError:
+                pass
+
+    def _replaced(self) -> list[Path]:
+        """Existing files the commit replaces or deletes (outputs and their stale sidecars)."""
+        finals = [f for _, f in self._pending]
+        paths = finals + [s for f in finals for s in stale_sidecars(f, finals)]
+        return [p for p in dict.fromkeys(paths) if os.path.lexists(p)]
+
+    def _check(self) -> None:
+        for tmp, final in self._pending:
+            if not tmp.is_file():
+                raise FileNotFoundError(errno.ENOENT, "temporary output never written", str(tmp))
+            if final.is_dir():
+                raise IsADirectoryError(errno.EISDIR, "is a folder", str(final))
+        existing = self._replaced()
+        if existing and not self.overwrite:
+            raise FileExistsError(errno.EEXIST, "exists (pass --overwrite)", str(existing[0]))
 
     def commit(self) -> None:
-        """Rename every temporary file onto its final name (sidecars first, main files last)."""
-        for tmp, _ in self._pending:
-            if not tmp.exists():
-                raise FileNotFoundError(f"temporary output {tmp} was never written")
-        ordered = sorted(self._pending, key=lambda p: p[1].suffix in (".tif", ".tiff"))
-        for tmp, final in ordered:
-            # Sidecars GDAL may have created for the temporary name are not wanted.
-            for extra in (Path(f"{tmp}.aux.xml"), Path(f"{tmp}.ovr")):
-                if extra.exists():
-                    extra.unlink()
-            if final.suffix.lower() in (".tif", ".tiff"):
-                # Stale external overviews/masks would override the new internal ones.
-                for stale in (Path(f"{final}.ovr"), Path(f"{final}.msk")):
-                    if stale.exists():
-                        stale.unlink()
-            os.replace(tmp, final)
+        """Replace the outputs by the temporary files, all or none (see the class docstring)."""
+        try:
+            self._check()
+            for tmp, _ in self._pending:
+                for extra in gdal_sidecars(tmp):  # made by GDAL for the temporary name
+                    extra.unlink(missing_ok=True)
+            moved: list[tuple[Path, Path]] = []
+            placed: list[Path] = []
+            # Sidecars first, main rasters last: a reader of a main file finds its sidecars.
+            ordered = sorted(self._pending, key=lambda p: p[1].suffix.lower() in (".tif", ".tiff"))
+            try:
+                for old in self._replaced():
+                    backup = temp_name(old, "bak")
+                    os.replace(old, backup)
+                    moved.append((backup, old))
+                for tmp, final in ordered:
+                    os.replace(tmp, final)
+                    placed.append(final)
+            except BaseException:
+                self._undo(placed, moved)
+                raise
+        except BaseException:
+            self.rollback()
+            raise
         self._pending.clear()
+        for backup, _ in moved:
+            self._remove(backup)
         self.cleanup()
+
+    @staticmethod
+    def _undo(placed: list[Path], moved: list[tuple[Path, Path]]) -> None:
+        """Remove the new files and put the old ones back (best effort)."""
+        for final in placed:
+            try:
+                final.unlink(missing_ok=True)
+            except OSError:
+                pass
+        for backup, old in reversed(moved):
+            try:
+                os.replace(backup, old)
+            except OSError:
+                pass  # the backup keeps the old file under its hidden name
 
     def rollback(self) -> None:
         """Delete every temporary file."""
@@ -130,9 +476,101 @@ class AtomicOutputs:
             self.rollback()
 
 
+# ---------------------------------------------------------------------------- output planning
+@dataclass(frozen=True)
+class PlannedOutput:
+    """A file a run creates, replaces or (``removes``) deletes as a stale sidecar.
+
+    Attributes:
+        path: The file.
+        label: What it is, for messages (e.g. ``"--probabilities"``, ``"QGIS style of -o"``).
+        owner: The scene it belongs to, or ``None`` for the whole run.
+        removes: A stale sidecar deleted when its raster is replaced (see :func:`stale_sidecars`).
+    """
+
+    path: Path
+    label: str
+    owner: Path | None = None
+    removes: bool = False
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name one file: same resolved path (symlinks, ``a/../a``) or inode."""
+    a, b = Path(a), Path(b)
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def find_collision(
+    outputs: Sequence[PlannedOutput],
+) -> tuple[PlannedOutput, PlannedOutput] | None:
+    """The first two outputs that name the same file (after resolving), or ``None``."""
+    seen: dict[Path, PlannedOutput] = {}
+    for o in outputs:
+        key = o.path.resolve()
+        if key in seen:
+            return seen[key], o
+        seen[key] = o
+    return None
+
+
+def check_planned(
+    outputs: Sequence[PlannedOutput],
+    inputs: Sequence[tuple[str, str | Path]],
+    *,
+    overwrite: bool,
+    creatable: Sequence[str | Path] = (),
+) -> None:
+    """Check a run's outputs before anything is written.
+
+    Every output (and its lock file) must differ from every input; no output may be a folder;
+    each output's folder must exist (or be in ``creatable``); an existing output needs
+    ``overwrite``. Outputs are assumed distinct (see :func:`find_collision`).
+
+    Args:
+        outputs: Everything the run writes or deletes.
+        inputs: ``(label, path)`` of everything it reads (scenes, aux rasters, checkpoint…).
+        overwrite: Whether existing outputs may be replaced.
+        creatable: Folders the run will create (their outputs cannot exist yet).
+
+    Raises:
+        OutputError: Naming the output and the problem.
+    """
+    made = {Path(c).resolve() for c in creatable}
+    for o in outputs:
+        for label, inp in inputs:
+            for mine in (o.path, lock_path(o.path)):
+                if same_file(mine, inp):
+                    what = o.label if mine == o.path else f"the lock file of {o.label}"
+                    raise OutputError(f"{what} {mine} would overwrite an input ({label} {inp})")
+        if o.path.is_dir():
+            raise OutputError(f"{o.label} {o.path} is a folder; give a file name")
+        parent = o.path.parent
+        if not parent.is_dir() and parent.resolve() not in made:
+            if parent.exists():
+                raise OutputError(f"output folder {parent} is not a folder")
+            raise OutputError(f"output folder {parent} does not exist")
+        if os.path.lexists(o.path) and not overwrite:
+            detail = f" (it would be deleted as the stale {o.label})" if o.removes else ""
+            raise OutputError(
+                f"output {o.path} exists{detail}; pass overwrite=True (--overwrite) to replace it"
+            )
+
+
 # ---------------------------------------------------------------------------- streaming GeoTIFF
 class StripWriter:
-    """A temporary tiled GeoTIFF written in row strips (the input of :func:`to_cog`).
+    """A temporary GeoTIFF written in row strips (the input of :func:`to_cog`).
+
+    GDAL compresses a block when it leaves its cache: a block written in several pieces may be
+    compressed, evicted and rewritten at the end of the file (which then grows far beyond its
+    data). Write whole blocks: with ``strip_rows`` the file is striped (blocks of ``strip_rows``
+    full rows: write strips of multiples of ``strip_rows`` rows, starting at such a row); without
+    it the file is tiled in :data:`BLOCK` × :data:`BLOCK` tiles (write tile-aligned blocks).
+    :attr:`block_shape` gives the block.
 
     Args:
         path: File to create.
@@ -145,6 +583,7 @@ class StripWriter:
         nodata: Nodata value or ``None``.
         colormap: ``{value: (r, g, b, a)}`` for band 1, or ``None``.
         descriptions: Band descriptions, or ``None``.
+        strip_rows: Rows per strip of a striped file (a multiple of 16), or ``None`` for tiles.
     """
 
     def __init__(
@@ -160,8 +599,11 @@ class StripWriter:
         nodata: float | None = None,
         colormap: dict[int, tuple[int, int, int, int]] | None = None,
         descriptions: Sequence[str] | None = None,
+        strip_rows: int | None = None,
     ) -> None:
         self.path = Path(path)
+        if strip_rows is not None and (strip_rows < 1 or strip_rows % 16):
+            raise ValueError(f"strip_rows must be a positive multiple of 16, got {strip_rows}")
         profile = {
             "driver": "GTiff",
             "height": height,
@@ -171,9 +613,6 @@ class StripWriter:
             "crs": crs,
             "transform": transform,
             "nodata": nodata,
-            "tiled": True,
-            "blockxsize": BLOCK,
-            "blockysize": BLOCK,
             # Fast, light compression: this file is read once by the COG copy.
             "compress": "ZSTD",
             "zstd_level": 1,
@@ -181,17 +620,23 @@ class StripWriter:
             "photometric": "MINISBLACK",
             "interleave": "band" if count > 1 else "pixel",
         }
-        if height < BLOCK or width < BLOCK:
-            profile["tiled"] = False
-            profile.pop("blockxsize")
-            profile.pop("blockysize")
+        if strip_rows is None:
+            profile.update(tiled=True, blockxsize=BLOCK, blockysize=BLOCK)
+            self.block_shape = (BLOCK, BLOCK)
+        else:
+            profile.update(tiled=False, blockysize=strip_rows)
+            self.block_shape = (strip_rows, width)
         self.ds = rasterio.open(self.path, "w", **profile)
-        if colormap is not None:
-            self.ds.write_colormap(1, colormap)
-            self.ds.colorinterp = [ColorInterp.palette]
-        if descriptions is not None:
-            for i, name in enumerate(descriptions, start=1):
-                self.ds.set_band_description(i, name)
+        try:
+            if colormap is not None:
+                self.ds.write_colormap(1, colormap)
+                self.ds.colorinterp = [ColorInterp.palette]
+            if descriptions is not None:
+                for i, name in enumerate(descriptions, start=1):
+                    self.ds.set_band_description(i, name)
+        except BaseException:
+            self.ds.close()
+            raise
 
     def write(self, data: np.ndarray, row: int, col: int = 0) -> None:
         """Write ``data`` (``count×h×w`` or ``h×w``) with its first pixel at ``(row, col)``."""

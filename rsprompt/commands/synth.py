@@ -1,4 +1,4 @@
-"""``rsprompt synth``: write a synthetic multimodal scene, or tiles in an official dataset layout."""
+"""``rsprompt synth``: a synthetic multimodal scene, tiles in an official layout, or "own data"."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 _KINDS = ("isprs", "whu-opt-sar")
-_LAYOUTS = ("vaihingen", "potsdam", "whu-opt-sar")
+_LAYOUTS = ("vaihingen", "potsdam", "whu-opt-sar", "custom")
 _LAYOUT_KIND = {"vaihingen": "isprs", "potsdam": "isprs", "whu-opt-sar": "whu-opt-sar"}
 
 
@@ -62,7 +62,24 @@ def _parse_tiles(values: tuple[str, ...]) -> list[str] | None:
     type=click.Choice(_LAYOUTS),
     default=None,
     help="Write tiles with the exact folder and file names of this official dataset "
-    "instead of scene.tif / dsm.tif|sar.tif / labels.tif.",
+    "instead of scene.tif / dsm.tif|sar.tif / labels.tif. custom: --count scenes/scene_N.tif "
+    "with dsm/scene_N_dsm.tif and the labels as polygons in labels.gpkg (text attribute "
+    "landcover), as drawn in QGIS (docs/own-data.md).",
+)
+@click.option(
+    "--count",
+    type=click.IntRange(1),
+    default=None,
+    help="Layout custom: number of scenes [default: 2].",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(("uint8", "uint16")),
+    default=None,
+    help="Layout custom: optical data type; uint16 holds values x 10000/255 [default: uint16].",
+)
+@click.option(
+    "--labels-crs", default=None, help="Layout custom: CRS of the polygons [default: the scenes']."
 )
 @click.option(
     "--bands",
@@ -159,8 +176,11 @@ def synth(
     off_palette: tuple[str, ...],
     no_georef: bool,
     overwrite: bool,
+    count: int | None,
+    dtype: str | None,
+    labels_crs: str | None,
 ) -> None:
-    r"""Write a seeded synthetic multimodal scene (optical + DSM or SAR + labels).
+    """Write a seeded synthetic multimodal scene (optical + DSM or SAR + labels).
 
     By default writes georeferenced scene.tif, dsm.tif or sar.tif and labels.tif into --out. With
     --layout the same kind of content is written as tiles named exactly like the official
@@ -172,10 +192,42 @@ def synth(
       rsprompt synth --kind whu-opt-sar --out whu --size 256
       rsprompt synth --out s --aux-crs EPSG:32632 --aux-resolution 0.5 --aux-nodata-border 4
       rsprompt synth --layout vaihingen --out data/vaihingen --size 256 --tiles 1,3,2
-    """
+      rsprompt synth --layout custom --out mydata --count 3 --aux-crs EPSG:32632
+    """  # noqa: D301 — "\b" is click's no-rewrap marker (a backspace character)
     from rsprompt.data.synthetic import generate_scene, trainable_tiles, write_layout, write_scene
 
+    custom_only = {"--count": count, "--dtype": dtype, "--labels-crs": labels_crs}
+    if layout != "custom" and any(v is not None for v in custom_only.values()):
+        given = [k for k, v in custom_only.items() if v is not None]
+        raise click.UsageError(f"{', '.join(given)} apply to --layout custom only")
     try:
+        if layout == "custom":
+            _write_custom(
+                out,
+                kind=kind or "isprs",
+                size=size,
+                seed=seed,
+                bands=bands,
+                count=count,
+                dtype=dtype,
+                resolution=resolution,
+                crs=crs,
+                aux_crs=aux_crs,
+                aux_resolution=aux_resolution,
+                labels_crs=labels_crs,
+                overwrite=overwrite,
+                refused={
+                    "--aux": aux,
+                    "--aux-coverage": None if aux_coverage == 1.0 else aux_coverage,
+                    "--aux-nodata-border": aux_nodata_border or None,
+                    "--tiles": tiles or None,
+                    "--labels-flat": labels_flat or None,
+                    "--dsm-world-files": dsm_world_files or None,
+                    "--off-palette": off_palette or None,
+                    "--no-georef": no_georef or None,
+                },
+            )
+            return
         if layout is not None:
             if kind is not None and kind != _LAYOUT_KIND[layout]:
                 raise click.UsageError(
@@ -249,5 +301,24 @@ def synth(
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(f"wrote {scene.kind} scene {scene.shape[0]}x{scene.shape[1]} (seed {seed}) to {out}")
+    for key, path in written.items():
+        click.echo(f"  {key}\t{path}")
+
+
+def _write_custom(out: Path, *, refused: dict, count: int | None, dtype: str | None, **kw) -> None:
+    """``--layout custom``: scenes, DSMs and labels.gpkg (see rsprompt.data.synthetic.custom)."""
+    from rsprompt.data.synthetic.custom import LABEL_FIELD, write_custom
+
+    given = [k for k, v in refused.items() if v is not None]
+    if given:
+        raise click.UsageError(f"{', '.join(given)} do not apply to --layout custom")
+    if kw.get("bands") is None:
+        kw["bands"] = "rgbir"
+    written = write_custom(out, count=count or 2, dtype=dtype or "uint16", **kw)
+    n = (len(written) - 1) // 2
+    click.echo(
+        f"wrote {n} scene(s) with a DSM each and their labels as polygons (attribute "
+        f"{LABEL_FIELD!r}) under {out}"
+    )
     for key, path in written.items():
         click.echo(f"  {key}\t{path}")

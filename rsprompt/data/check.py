@@ -1,4 +1,4 @@
-"""Check a dataset folder against its official layout before training on it.
+"""Check a dataset folder against its official layout (or custom data) before training on it.
 
 A folder is *complete* when every tile found has every modality the dataset needs (optical, DSM or
 SAR, and a label variant), every file opens **and decodes** (every block is read, streamed by row
@@ -10,6 +10,9 @@ absent, optional products (Potsdam's nDSM, other optical variants), unknown file
 covers only part of its tile and label pixels of no class colour are warnings only. Tile sizes
 other than the official ones are fine.
 
+Custom data (:func:`check_custom`, ``rsprompt data check custom``): per image the size, bands,
+dtype, CRS and the share the aux raster covers; the labelled area and the pixels per class.
+
 Example:
     >>> from rsprompt.data.check import check_folder  # doctest: +SKIP
     >>> report = check_folder("vaihingen", "data/vaihingen")  # doctest: +SKIP
@@ -18,17 +21,19 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyproj
 import rasterio
 import rasterio.warp
 from rasterio.errors import RasterioError
-from rasterio.transform import array_bounds
+from rasterio.transform import Affine, array_bounds
 from rasterio.windows import Window
 from tqdm import tqdm
 
@@ -504,3 +509,235 @@ def _check_label_values(
 
 def _show(key: int, rgb: bool) -> str:
     return f"({key >> 16}, {(key >> 8) & 255}, {key & 255})" if rgb else str(key)
+
+
+# ------------------------------------------------------------------------------------ custom
+@dataclass
+class ImageCheck:
+    """Findings for one image of custom data (``rsprompt data check custom``).
+
+    Attributes:
+        path: The image.
+        info: Size, bands, dtype, CRS (``None`` when unreadable).
+        pixel_m: Pixel side in metres.
+        aux: Its aux raster, if any.
+        aux_coverage: Share of its pixels with a valid aux value (``None`` without aux).
+        labelled: Labelled pixels (any class).
+        counts: Pixels per class index.
+    """
+
+    path: Path
+    info: RasterInfo | None = None
+    pixel_m: float | None = None
+    aux: Path | None = None
+    aux_coverage: float | None = None
+    labelled: int = 0
+    counts: np.ndarray | None = None
+
+
+@dataclass
+class CustomCheck:
+    """The result of :func:`check_custom`.
+
+    Attributes:
+        images: Per-image findings.
+        classes: Class names (index order).
+        labels: The labels (file or pattern) and, for vector labels, the field.
+        errors: Problems that stop training.
+        warnings: Everything else worth knowing.
+    """
+
+    images: list[ImageCheck] = field(default_factory=list)
+    classes: tuple[str, ...] = ()
+    labels: str = ""
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing stops training (warnings allowed)."""
+        return not self.errors
+
+    def format(self) -> str:
+        """A human-readable report: per image, then the labelled area and pixels per class."""
+        lines = [f"custom data: {len(self.images)} image(s); labels {self.labels}"]
+        for im in self.images:
+            lines.append(f"  {im.path}")
+            if im.info is None:
+                lines.append("    UNREADABLE")
+                continue
+            i = im.info
+            crs = _crs_text(i.crs)
+            px = f", pixel {im.pixel_m:.3g} m" if im.pixel_m else ""
+            lines.append(f"    {i.width}×{i.height} px, {i.count} band(s) {i.dtype}, {crs}{px}")
+            if im.aux is not None:
+                cov = "?" if im.aux_coverage is None else f"{100 * im.aux_coverage:.1f}%"
+                lines.append(f"    aux {im.aux}: covers {cov} of the image")
+            total = i.width * i.height
+            area = f", {im.labelled * (im.pixel_m or 0) ** 2:,.0f} m²" if im.pixel_m else ""
+            lines.append(
+                f"    labelled: {im.labelled:,} px ({100 * im.labelled / max(total, 1):.1f}%{area})"
+            )
+        counts = [im.counts for im in self.images if im.counts is not None]
+        if counts and self.classes:
+            total = np.sum(counts, axis=0)
+            area = sum(im.labelled * (im.pixel_m or 0) ** 2 for im in self.images)
+            lines.append(
+                f"labelled area: {int(total.sum()):,} px, {area:,.0f} m² in "
+                f"{sum(1 for im in self.images if im.labelled)} image(s)"
+            )
+            lines.append("pixels per class:")
+            width = max(len(n) for n in self.classes)
+            for name, n in zip(self.classes, total.tolist(), strict=True):
+                lines.append(f"  {name:<{width}}  {int(n):>12,}")
+        if self.warnings:
+            lines.append(f"warnings ({len(self.warnings)}):")
+            lines.extend(f"  - {w}" for w in self.warnings)
+        if self.errors:
+            lines.append(f"errors ({len(self.errors)}):")
+            lines.extend(f"  - {e}" for e in self.errors)
+            lines.append(f"NOT READY: {len(self.errors)} error(s)")
+        else:
+            lines.append("ready to train")
+        return "\n".join(lines)
+
+
+def _crs_text(crs: pyproj.CRS | None) -> str:
+    if crs is None:
+        return "no CRS"
+    epsg = crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg else crs.name
+
+
+def check_custom(
+    images: str | list[str],
+    labels: str,
+    *,
+    root: str | Path = ".",
+    aux: str | None = None,
+    label_field: str | None = None,
+    label_layer: str | None = None,
+    classes: str | list[str] | None = None,
+    background: str | None = None,
+    ignore_index: int | None = None,
+) -> CustomCheck:
+    """Check custom data as :class:`~rsprompt.data.datamodules.RasterDataModule` would read it.
+
+    Per image: size, bands, dtype, CRS, pixel size and the share of it the aux raster covers;
+    the labelled pixels; pixels per class over all images (labels rasterised or read on each
+    image's grid by row strips).
+
+    Raises:
+        rsprompt.data.datasets.custom_labels.CustomDataError: When the images or labels cannot be
+            read at all (no image, unreadable labels, missing field, unknown class names).
+    """
+    from rsprompt.data.datasets.custom import ImageInfo, image_info
+    from rsprompt.data.datasets.custom_labels import (
+        CustomDataError,
+        RasterLabels,
+        VectorLabels,
+        fill_pattern,
+        has_placeholder,
+        is_vector,
+        resolve_images,
+    )
+
+    root = Path(root)
+    report = CustomCheck()
+    paths = resolve_images(images, root)
+    infos: list[ImageInfo | None] = []
+    for p in paths:
+        im = ImageCheck(p)
+        report.images.append(im)
+        try:
+            info = image_info(p)
+        except CustomDataError as exc:
+            report.errors.append(str(exc))
+            infos.append(None)
+            try:
+                im.info = raster_info(p)
+            except (RasterioError, OSError):
+                pass
+            continue
+        infos.append(info)
+        im.info = raster_info(p)
+        im.pixel_m = info.pixel_m
+    if is_vector(labels) and not has_placeholder(labels):
+        lpath = Path(labels) if Path(labels).is_absolute() else root / labels
+        src: Any = VectorLabels(
+            lpath, label_field, layer=label_layer, classes=classes, background=background
+        )
+        report.labels = f"{lpath} (field {label_field!r}, {src.table.num_classes} classes)"
+    else:
+        src = RasterLabels(labels, paths, root, ignore_index=ignore_index, classes=classes)
+        report.labels = f"{labels} (label rasters, {src.table.num_classes} classes)"
+    report.classes = src.table.names
+    for k, (im, info) in enumerate(zip(report.images, infos, strict=True)):
+        if info is None:
+            continue
+        if aux is not None:
+            im.aux = fill_pattern(aux, im.path, root)
+            _check_aux(im, info, report)
+        _count_labels(im, info, src, k, report)
+    if not any(im.labelled for im in report.images):
+        report.errors.append(f"labels {report.labels.split(' (')[0]} do not overlap any image")
+    return report
+
+
+def _check_aux(im: ImageCheck, info: Any, report: CustomCheck) -> None:
+    """Share of the image covered by valid aux pixels, on a grid of at most 256×256 cells."""
+    from rsprompt.data.datasets._raster import Grid, read_on_grid
+
+    assert im.aux is not None
+    if not im.aux.is_file():
+        report.errors.append(f"aux raster {im.aux} (for image {im.path}): file not found")
+        return
+    try:
+        ainfo = raster_info(im.aux)
+    except (RasterioError, OSError) as exc:
+        report.errors.append(f"aux raster {im.aux}: not a readable raster ({exc})")
+        return
+    if not ainfo.georeferenced:
+        report.errors.append(f"aux raster {im.aux} is not georeferenced")
+        return
+    g = info.grid
+    f = max(1, math.ceil(max(g.width, g.height) / 256))
+    coarse = Grid(g.crs, g.transform * Affine.scale(f), -(-g.width // f), -(-g.height // f))
+    agrid = Grid(ainfo.crs, ainfo.transform, ainfo.width, ainfo.height)
+    with open_quiet(im.aux) as src:
+        _, covered = read_on_grid(src, agrid, coarse, [1], valid_only=True, fill=np.nan)
+    im.aux_coverage = float(covered.mean())
+    if im.aux_coverage == 0:
+        report.errors.append(f"aux raster {im.aux} has no valid pixel over image {im.path}")
+    elif im.aux_coverage < 0.99:
+        report.warnings.append(
+            f"aux raster {im.aux} covers {100 * im.aux_coverage:.1f}% of image {im.path} (the "
+            "rest is read as missing aux)"
+        )
+
+
+def _count_labels(im: ImageCheck, info: Any, src: Any, k: int, report: CustomCheck) -> None:
+    """Pixels per class of image ``k`` (its labels on its own grid, by row strips)."""
+    from rsprompt.data.datasets._raster import Grid
+    from rsprompt.data.datasets.custom_labels import VectorLabels
+
+    g = info.grid
+    n = src.table.num_classes
+    counts = np.zeros(n, np.int64)
+    handle = None if isinstance(src, VectorLabels) else open_quiet(src.paths[k])
+    try:
+        for r in range(0, g.height, STRIP_ROWS * 4):
+            h = min(STRIP_ROWS * 4, g.height - r)
+            strip = Grid(g.crs, g.transform * Affine.translation(0, r), g.width, h)
+            if isinstance(src, VectorLabels):
+                mask = src.rasterize(strip)
+            else:
+                mask = src.read(k, g, strip, handle)
+            counts += np.bincount(mask.ravel(), minlength=256)[:n]
+    finally:
+        if handle is not None:
+            handle.close()
+    im.counts = counts
+    im.labelled = int(counts.sum())
+    if not im.labelled:
+        report.warnings.append(f"image {im.path}: no labelled pixel (left out of training)")

@@ -7,17 +7,26 @@ normalisation takes per training tile (DSM min–max, nDSM ground) are computed 
 
 A checkpoint whose normalisation has no aux part was trained on the raw aux values (zero where
 invalid, ``rsprompt.data.datasets.base``): predict feeds them raw as well. The nDSM ground grid is
-sized in metres, geodesically for a geographic-CRS scene. Before predicting, a scene whose sampled
-values lie far outside the range the checkpoint's optical normalisation expects (a uint16 or
-reflectance scene for a model trained on 8-bit imagery) gets a warning. A scene without any valid
+sized in metres, geodesically for a geographic-CRS scene.
+
+Bands: the scene's bands are those the checkpoint recorded (its normalisation's band selection,
+else ``meta["bands"]``), or those given (``bands=``, 1-based; their number must be the model's).
+The aux raster's bands are those given (``aux_bands=``), else those training read (recorded with
+the datamodule's options), else all of them.
+
+Before predicting, a scene whose sampled values lie far from what the checkpoint was trained on
+gets a warning naming both: with a value scaling fitted on the training images (the checkpoint
+records their 2nd–98th percentiles and dtype), a scene whose value range is several times wider
+or narrower, or lies outside it; with preset statistics, a scene far outside ``[0, scale]`` (a
+uint16 or reflectance scene for a model trained on 8-bit imagery). A scene without any valid
 pixel is refused, naming the scene, when the scene-wide aux statistics are computed (a DSM with a
 min–max or nDSM checkpoint); otherwise its map is written, entirely nodata, with a warning.
 """
 
 from __future__ import annotations
 
-import colorsys
 import dataclasses
+import json
 import math
 import warnings
 from collections.abc import Sequence
@@ -27,8 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from rsprompt.data.labels import CLASS_TABLES, ClassTable
-from rsprompt.inference.reader import AuxStats, PredictError
+from rsprompt.data.labels import CLASS_TABLES, ClassTable, default_colors
+from rsprompt.inference.reader import AuxSource, AuxStats, PredictError
 from rsprompt.inference.summary import PredictSummary, pixel_size_m
 
 #: A scene is far from the optical normalisation's range ``[0, scale]`` when its sampled 99th
@@ -38,19 +47,22 @@ RANGE_FACTOR = 2.0
 #: ... and the low end: a 99th percentile under ``scale / LOW_FACTOR`` (0..1 reflectance for a
 #: model trained on 0..255).
 LOW_FACTOR = 20.0
+#: With fitted statistics: a scene whose sampled value span is this many times wider or
+#: narrower than the training images' (2nd–98th percentiles) is far from them.
+SPAN_FACTOR = 4.0
 #: A min–max aux normalisation fitted over a scene this many times the training patch warns.
 SCENE_PATCH_FACTOR = 4
 
 AUX_KINDS = ("dsm", "sar")
 
 
-def default_colors(n: int) -> list[tuple[int, int, int]]:
-    """``n`` distinct colours (golden-ratio hues)."""
-    out = []
-    for i in range(n):
-        r, g, b = colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.75, 0.95)
-        out.append((round(r * 255), round(g * 255), round(b * 255)))
-    return out
+__all__ = [
+    "CheckpointNormalizer",
+    "CheckpointPredictor",
+    "default_colors",
+    "parse_palette",
+    "predict_from_checkpoint",
+]
 
 
 def parse_palette(spec: str, n: int) -> list[tuple[int, int, int]]:
@@ -152,6 +164,10 @@ class CheckpointPredictor:
         device: Torch device.
         classes: Class names for an open-vocabulary checkpoint (replaces its vocabulary).
         palette: Palette spec (see :func:`parse_palette`) replacing the checkpoint's colours.
+        bands: 1-based scene bands to feed the model (e.g. ``[4, 3, 2]`` of a Sentinel-2 scene);
+            default: what the checkpoint recorded. Their number must be the model's.
+        aux_bands: 1-based bands of the aux raster (e.g. ``[1]``: VV of a VV/VH SAR file);
+            default: those training read, else all.
 
     Raises:
         PredictError: If the checkpoint cannot be loaded or the options do not fit it.
@@ -165,8 +181,13 @@ class CheckpointPredictor:
         device: str | torch.device = "cpu",
         classes: Sequence[str] | None = None,
         palette: str | None = None,
+        bands: Sequence[int] | None = None,
+        aux_bands: Sequence[int] | None = None,
     ) -> None:
         from rsprompt.engine.checkpoint import CheckpointError, load_model_checkpoint
+
+        self.bands = _band_list(bands, "bands")
+        self.aux_bands = _band_list(aux_bands, "aux bands")
 
         self.checkpoint = Path(checkpoint)
         try:
@@ -205,6 +226,24 @@ class CheckpointPredictor:
         self.aux_kind = meta.get("aux_kind")
         self.aux_channels = int(meta.get("aux_channels") or 0)
         self.normalization = self._normalization()
+        if self.aux_bands is None:
+            self.aux_bands = self._recorded_aux_bands()
+
+    def _recorded_aux_bands(self) -> list[int] | None:
+        """The aux bands training read (``datamodule_kwargs["aux_bands"]``), if recorded."""
+        kwargs = self.meta.get("datamodule_kwargs")
+        value = kwargs.get("aux_bands") if isinstance(kwargs, dict) else None
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                return None
+        if not isinstance(value, list) or not value:
+            return None
+        try:
+            return [int(b) for b in value]
+        except (TypeError, ValueError):
+            return None
 
     def _normalization(self) -> Any:
         from rsprompt.data.normalize import Normalization
@@ -246,6 +285,8 @@ class CheckpointPredictor:
 
         args = self._scene_args(scene, aux, aux_kind)
         self._preflight(scene, args["bands"], with_aux=aux is not None)
+        if aux is not None and self.aux_bands is not None:
+            aux = AuxSource(aux, bands=self.aux_bands)
         patch = self.meta.get("patch_size") or 512
         window = int(patch if window is None else window)  # 0 is an error, not "default"
         overlap = int(overlap if overlap is not None else window // 4)
@@ -324,6 +365,7 @@ class CheckpointPredictor:
             bands=args["bands"],
             expected_bands=args["expected_bands"],
             aux_channels=args["aux_channels"],
+            aux_bands=self.aux_bands if aux is not None else None,
         ).close()
 
     def _scene_args(
@@ -357,11 +399,15 @@ class CheckpointPredictor:
                 expected = len(bands)
             elif len(optical.mean) > 1:
                 expected = len(optical.mean)
+            if self.bands is not None:
+                bands = list(self.bands)
             norm = dataclasses.replace(self.normalization, optical=optical)
             pixel = 1.0
             if aux is not None and getattr(norm.aux, "mode", None) == "ndsm":
                 pixel = _ground_pixel_size(Path(scene))
             norm_fn = CheckpointNormalizer(norm, pixel)
+        elif self.bands is not None:
+            bands = list(self.bands)
         return {
             "normalize": norm_fn,
             "bands": bands,
@@ -396,18 +442,41 @@ def _ground_pixel_size(scene: Path) -> float:
     return math.sqrt(size[0] * size[1])
 
 
-def _warn_value_range(reader: Any, optical: Any) -> None:
-    """Warn when the scene's sampled values are far from ``[0, optical.scale]``.
+def _band_list(value: Sequence[int] | None, what: str) -> list[int] | None:
+    """1-based band numbers, checked (``None`` stays ``None``).
 
-    The checkpoint's optical normalisation divides by ``scale`` (255 for 8-bit imagery) and then
-    standardises with the encoder's mean and std: it expects values in ``[0, scale]``. A uint16
-    scene (0..10 000) or a reflectance scene (0..1) given to a model trained on 8-bit imagery
-    yields a confident but meaningless map.
+    Raises:
+        PredictError: If a value is not a whole number of at least 1, or none is given.
+    """
+    if value is None:
+        return None
+    try:
+        out = [int(b) for b in value]
+    except (TypeError, ValueError):
+        raise PredictError(f"{what}: expected 1-based band numbers, got {value!r}") from None
+    if not out or any(b < 1 for b in out):
+        raise PredictError(f"{what}: expected 1-based band numbers (1, 2, …), got {value!r}")
+    return out
+
+
+def _warn_value_range(reader: Any, optical: Any) -> None:
+    """Warn when the scene's sampled values are far from what the checkpoint was trained on.
+
+    With a fitted scaling (``optical.fitted``) the checkpoint records the training images' dtype
+    and per-band 2nd–98th percentiles (``low``/``high``): the scene is far from them when the span
+    of its sampled values (1st–99th percentile) is :data:`SPAN_FACTOR` times wider or narrower,
+    or lies more than one training span away. With preset statistics, the normalisation divides
+    by ``scale`` (255 for 8-bit imagery) and standardises with the encoder's mean and std: it
+    expects values in ``[0, scale]``; a uint16 scene (0..10 000) or a reflectance scene (0..1)
+    given to a model trained on 8-bit imagery yields a confident but meaningless map.
     """
     values = reader.sample_values()
     if values.size == 0:
         return
     lo, hi = (float(v) for v in np.percentile(values, [1, 99]))
+    if getattr(optical, "fitted", None) is not None and optical.low and optical.high:
+        _warn_fitted_range(reader, optical, lo, hi)
+        return
     scale = float(optical.scale)
     if lo >= -scale / LOW_FACTOR and scale / LOW_FACTOR <= hi <= RANGE_FACTOR * scale:
         return
@@ -424,6 +493,32 @@ def _warn_value_range(reader: Any, optical: Any) -> None:
     )
 
 
+def _warn_fitted_range(reader: Any, optical: Any, lo: float, hi: float) -> None:
+    """The value-range warning against fitted training statistics (see _warn_value_range)."""
+    t_lo, t_hi = min(optical.low), max(optical.high)
+    span = max(t_hi - t_lo, 1e-6 * max(abs(t_hi), 1.0))
+    s_span = hi - lo
+    far = (
+        s_span > SPAN_FACTOR * span
+        or s_span < span / SPAN_FACTOR
+        or hi < t_lo - span
+        or lo > t_hi + span
+    )
+    if not far:
+        return
+    dtype = reader.src.dtypes[reader.bands[0] - 1]
+    trained = optical.dtype or "unknown dtype"
+    warnings.warn(
+        f"scene {reader.scene_path} ({dtype}, sampled values {lo:g} to {hi:g}, 1st–99th "
+        f"percentile, bands {reader.bands}) is far from the images this checkpoint was trained "
+        f"on ({trained}, values {t_lo:g} to {t_hi:g}, 2nd–98th percentile of the training "
+        f"pixels, as recorded with its {optical.fitted} scaling); the map will be unreliable. "
+        "Check the bands (--bands) and give the scene the training images' scale and units.",
+        UserWarning,
+        stacklevel=5,
+    )
+
+
 def predict_from_checkpoint(
     scene: str | Path,
     checkpoint: str | Path,
@@ -435,6 +530,8 @@ def predict_from_checkpoint(
     device: str | torch.device = "cpu",
     classes: Sequence[str] | None = None,
     palette: str | None = None,
+    bands: Sequence[int] | None = None,
+    aux_bands: Sequence[int] | None = None,
     **kwargs: Any,
 ) -> PredictSummary:
     """Load ``checkpoint`` and predict ``scene`` into ``out_path`` (one call).
@@ -443,6 +540,12 @@ def predict_from_checkpoint(
     for the arguments. To predict many scenes, build one :class:`CheckpointPredictor`.
     """
     predictor = CheckpointPredictor(
-        checkpoint, weights=weights, device=device, classes=classes, palette=palette
+        checkpoint,
+        weights=weights,
+        device=device,
+        classes=classes,
+        palette=palette,
+        bands=bands,
+        aux_bands=aux_bands,
     )
     return predictor.predict(scene, out_path, aux=aux, aux_kind=aux_kind, **kwargs)

@@ -59,6 +59,28 @@ class PredictError(ValueError):
     """A problem with the inputs or outputs of a prediction (message names the file)."""
 
 
+class AuxSource(type(Path())):  # type: ignore[misc]
+    """An aux raster path that also says which of its bands to read (1-based).
+
+    :class:`SceneReader` reads only ``bands`` of such a path (as its ``aux_bands``); everything
+    that takes a path takes it unchanged, so a band choice travels with the file name through
+    code that only passes the path on.
+
+    Example:
+        >>> src = AuxSource("sar.tif", bands=[2])
+        >>> str(src), src.bands
+        ('sar.tif', [2])
+    """
+
+    def __init__(self, *parts: str | Path, bands: Sequence[int] | None = None) -> None:
+        super().__init__(*parts)
+        self.bands = None if bands is None else [int(b) for b in bands]
+
+    def with_segments(self, *parts: str | Path) -> Path:
+        """Derived paths (parent, siblings) are plain paths."""
+        return Path(*parts)
+
+
 @dataclass
 class AuxStats:
     """Per-band statistics of the valid aux pixels over the whole scene.
@@ -292,6 +314,8 @@ class SceneReader:
         bands: 1-based scene band indexes to read (``None`` = all bands).
         expected_bands: Number of optical bands the model takes (checked), or ``None``.
         aux_channels: Number of aux bands the model takes (checked when ``aux`` is given).
+        aux_bands: 1-based aux bands to read (``None``: those of an :class:`AuxSource`, else
+            all bands).
         aux_resampling: Resampling used to warp the aux raster.
         upsample_coarse_aux: With bilinear resampling, warp an aux raster at least twice as
             coarse as the scene onto a scene-aligned grid ``f`` times coarser (``f`` = whole
@@ -313,11 +337,17 @@ class SceneReader:
         bands: Sequence[int] | None = None,
         expected_bands: int | None = None,
         aux_channels: int | None = None,
+        aux_bands: Sequence[int] | None = None,
         aux_resampling: Resampling = Resampling.bilinear,
         upsample_coarse_aux: bool = True,
     ) -> None:
         self.scene_path = Path(scene)
         self.aux_path = Path(aux) if aux is not None else None
+        if aux_bands is None:
+            aux_bands = getattr(aux, "bands", None)
+        self.aux_bands: list[int] | None = (
+            None if aux_bands is None else [int(b) for b in aux_bands]
+        )
         self.src = _open(self.scene_path, "scene")
         self._aux_src: rasterio.io.DatasetReader | None = None
         self.vrt: WarpedVRT | None = None
@@ -380,10 +410,21 @@ class SceneReader:
         self._aux_src = src
         _check_georeferenced(src, self.aux_path, "aux raster")
         _probe(src, self.aux_path, "aux raster")
-        if aux_channels is not None and src.count != aux_channels:
+        if self.aux_bands is not None:
+            bad = [b for b in self.aux_bands if not 1 <= b <= src.count]
+            if bad or not self.aux_bands:
+                raise PredictError(
+                    f"aux raster {self.aux_path} has {src.count} band(s); aux bands "
+                    f"{self.aux_bands} (1-based) were asked for and {bad or 'none'} do not exist"
+                )
+        chosen = self.aux_bands is not None
+        if self.aux_bands is None:
+            self.aux_bands = list(range(1, src.count + 1))
+        if aux_channels is not None and len(self.aux_bands) != aux_channels:
+            what = f": bands {self.aux_bands} chosen" if chosen else f" has {src.count} band(s)"
             raise PredictError(
-                f"aux raster {self.aux_path} has {src.count} band(s) but the model takes "
-                f"{aux_channels}"
+                f"aux raster {self.aux_path}{what} but the model takes {aux_channels}; choose "
+                "the band(s) the model was trained on (aux bands, e.g. --aux-bands 1)"
             )
         # Overlap test in the aux's CRS (densified edges); either raster may be south-up.
         try:
@@ -501,7 +542,7 @@ class SceneReader:
         """``read_aux`` for an aux raster on the scene's grid (row/col offset ``d_row, d_col``)."""
         src = self._aux_src
         assert src is not None
-        aux = np.zeros((src.count, win.height, win.width), np.float32)
+        aux = np.zeros((len(self.aux_bands or []), win.height, win.width), np.float32)
         valid = np.zeros((win.height, win.width), bool)
         r0, c0 = max(win.row + d_row, 0), max(win.col + d_col, 0)
         r1, c1 = min(win.row_end + d_row, src.height), min(win.col_end + d_col, src.width)
@@ -519,7 +560,7 @@ class SceneReader:
         src = self._aux_src
         assert src is not None
         with _read_errors(self.aux_path, "aux raster"):
-            raw = src.read(window=rw)
+            raw = src.read(self.aux_bands, window=rw)
             mask = src.read_masks(1, window=rw) if self._aux_mask else None
         ok = valid_pixels(raw, self._src_nodata, mask=mask)
         data = raw.astype(np.float32, copy=False)
@@ -530,7 +571,7 @@ class SceneReader:
         """A window of the warped aux grid (0 where invalid) plus its validity."""
         assert self.vrt is not None
         with _read_errors(self.aux_path, "aux raster"):
-            aux = self.vrt.read(window=rw)
+            aux = self.vrt.read(self.aux_bands, window=rw)
         valid = valid_pixels(aux, self._aux_nodata)
         aux[:, ~valid] = 0.0
         return aux, valid
@@ -595,7 +636,7 @@ class SceneReader:
         )
         if not ground_cell and not scene_may_lack_data:
             return self._aux_statistics_source()
-        stats = _RunningStats(self.vrt.count)
+        stats = _RunningStats(len(self.aux_bands or []))
         minima: list[np.ndarray] = []
         scene_pixels = 0
         if ground_cell:
@@ -650,7 +691,7 @@ class SceneReader:
         footprint = box(x0, y0, x1, y1).segmentize(max(x1 - x0, y1 - y0) / 64)
         geom = shape(transform_geom(self.src.crs, src.crs, mapping(footprint)))
         win = self._source_window(geom.bounds)
-        stats = _RunningStats(src.count)
+        stats = _RunningStats(len(self.aux_bands or []))
         # In the scene's CRS the footprint is the window itself (edge pixels count, as with
         # all_touched): no polygon mask needed.
         needs_mask = src.crs != self.src.crs

@@ -55,6 +55,7 @@ from rsprompt.inference.writers import (
     find_collision,
     locked_outputs,
     qml_text,
+    quiet_stderr,
     rat_aux_xml_text,
     stale_sidecars,
     to_cog,
@@ -428,7 +429,8 @@ def _close_writers(writers: list[StripWriter | None], ok: bool) -> None:
                 w.close()
         else:
             try:
-                w.close()
+                with quiet_stderr():  # GDAL's follow-up errors of a failed file
+                    w.close()
             except Exception:
                 pass  # the first error is the one raised
 
@@ -480,7 +482,7 @@ def predict_scene(
         tta: Average the probabilities over horizontal/vertical flips (4× compute).
         probabilities: Also write per-class probabilities (uint8 0–255, one band per class).
         vectors: Also write polygons (GeoPackage with ``class_id`` and ``class_name``).
-        overwrite: Replace existing outputs.
+        overwrite: Replace existing outputs (and the stale GDAL sidecars of replaced rasters).
         device: Torch device of the model.
         bands: 1-based scene bands to read (``None`` = all).
         expected_bands: Optical bands the model takes (checked against the scene).
@@ -508,7 +510,14 @@ def predict_scene(
 
     Raises:
         PredictError: On a bad input (missing, corrupt, not georeferenced, no overlap, wrong band
-            count) or an existing output without ``overwrite``; nothing is written then.
+            count), or outputs that cannot be written: two outputs on one file, an output that
+            is an input or a folder, an existing output (sidecars included, see
+            :func:`scene_outputs`) without ``overwrite``; nothing is written then. A block that
+            cannot be read midway is a PredictError naming the files too.
+        OutputLockedError: Another run is writing one of the outputs (each output is locked
+            for the run, see :func:`~rsprompt.inference.writers.locked_outputs`).
+        OutputError: A write failed (full disk, read-only folder…): the previous outputs are
+            kept and no temporary file is left.
     """
     t_start = time.perf_counter()
     scene = Path(scene)

@@ -132,7 +132,8 @@ def _one_reason(exc: BaseException) -> str:
             text = f"{exc.filename}: {text}"
     else:
         text = str(exc) or type(exc).__name__
-    return " ".join(text.split()).removesuffix(" See previous exception for details.")
+    text = " ".join(text.split()).removesuffix(" See previous exception for details.")
+    return text.removesuffix(".") if text.endswith("failed.") else text
 
 
 def _reason(exc: BaseException) -> str:
@@ -178,6 +179,27 @@ def writing(what: str, near: str | Path | None = None) -> Iterator[None]:
     except (OSError, RasterioError, CPLE_BaseError) as exc:
         hint = _full_disk_hint(exc, Path(near) if near is not None else None)
         raise OutputError(f"cannot write {what}: {_reason(exc)}{hint}") from exc
+
+
+@contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """Silence the process's stderr (file descriptor 2) inside the block.
+
+    For closing a raster that already failed (a full disk): GDAL then prints a screenful of
+    follow-up errors straight to stderr, bypassing Python; the first error is what is reported.
+    """
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -494,15 +516,40 @@ class PlannedOutput:
     removes: bool = False
 
 
+def _identity(path: Path) -> tuple[Path, tuple[int, int] | None]:
+    """Resolved path, and ``(device, inode)`` when the file exists (hard links, bind mounts)."""
+    try:
+        st = os.stat(path)
+        inode = (st.st_dev, st.st_ino)
+    except OSError:
+        inode = None
+    return path.resolve(), inode
+
+
+class _InputIndex:
+    """The run's inputs, looked up by resolved path or by inode."""
+
+    def __init__(self, inputs: Sequence[tuple[str, str | Path]]) -> None:
+        self.by_path: dict[Path, tuple[str, Path]] = {}
+        self.by_inode: dict[tuple[int, int], tuple[str, Path]] = {}
+        for label, inp in inputs:
+            resolved, inode = _identity(Path(inp))
+            self.by_path.setdefault(resolved, (label, Path(inp)))
+            if inode is not None:
+                self.by_inode.setdefault(inode, (label, Path(inp)))
+
+    def find(self, path: Path) -> tuple[str, Path] | None:
+        """The input that ``path`` names, or ``None``."""
+        resolved, inode = _identity(path)
+        hit = self.by_path.get(resolved)
+        if hit is None and inode is not None:
+            hit = self.by_inode.get(inode)
+        return hit
+
+
 def same_file(a: str | Path, b: str | Path) -> bool:
     """Whether two paths name one file: same resolved path (symlinks, ``a/../a``) or inode."""
-    a, b = Path(a), Path(b)
-    if a.resolve() == b.resolve():
-        return True
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
+    return _InputIndex([("", a)]).find(Path(b)) is not None
 
 
 def find_collision(
@@ -541,12 +588,14 @@ def check_planned(
         OutputError: Naming the output and the problem.
     """
     made = {Path(c).resolve() for c in creatable}
+    index = _InputIndex(inputs)
     for o in outputs:
-        for label, inp in inputs:
-            for mine in (o.path, lock_path(o.path)):
-                if same_file(mine, inp):
-                    what = o.label if mine == o.path else f"the lock file of {o.label}"
-                    raise OutputError(f"{what} {mine} would overwrite an input ({label} {inp})")
+        lock = lock_path(o.path.resolve())  # where locked_outputs puts it
+        for mine, what in ((o.path, o.label), (lock, f"the lock file of {o.label}")):
+            hit = index.find(mine)
+            if hit is not None:
+                label, inp = hit
+                raise OutputError(f"{what} {mine} would overwrite an input ({label} {inp})")
         if o.path.is_dir():
             raise OutputError(f"{o.label} {o.path} is a folder; give a file name")
         parent = o.path.parent

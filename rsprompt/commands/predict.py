@@ -377,6 +377,16 @@ def _predict_all(
 )
 @click.option("--sar", help="SAR raster (any CRS/grid overlapping the scene); same placeholders.")
 @click.option(
+    "--bands",
+    help="1-based scene bands fed to the model, e.g. 4,3,2 of a Sentinel-2 scene "
+    "[default: the bands recorded in the checkpoint].",
+)
+@click.option(
+    "--aux-bands",
+    help="1-based bands of the --dem/--sar raster, e.g. 1 (VV of a VV,VH file) "
+    "[default: those used in training, else all].",
+)
+@click.option(
     "-o", "--output", help="Class map to write (.tif); default {stem}_pred.tif in --out-dir."
 )
 @click.option(
@@ -465,6 +475,22 @@ def predict(ctx: click.Context, **opts: Any) -> None:
             raise click.ClickException(_one_line(exc)) from None
 
 
+def _band_numbers(text: str | None, option: str) -> list[int] | None:
+    """1-based band numbers from ``"4,3,2"`` (or ``"[4, 3, 2]"``, spaces allowed)."""
+    if text is None:
+        return None
+    items = [t for t in text.strip().strip("[]").replace(",", " ").split() if t]
+    try:
+        out = [int(t) for t in items]
+    except ValueError:
+        out = []
+    if not out or any(b < 1 for b in out):
+        raise click.BadParameter(
+            f"expected 1-based band numbers such as 4,3,2, got {text!r}", param_hint=option
+        )
+    return out
+
+
 def _one_line(exc: BaseException) -> str:
     """An unexpected OS/GDAL error as one line (with the file when the error names one)."""
     if isinstance(exc, OSError) and exc.filename and exc.strerror:
@@ -479,6 +505,8 @@ def _run(
     checkpoint: Path,
     dem: str | None,
     sar: str | None,
+    bands: str | None,
+    aux_bands: str | None,
     output: str | None,
     out_dir: Path | None,
     window: int | None,
@@ -529,6 +557,8 @@ def _run(
         device=torch_device,
         classes=classes.split(",") if classes is not None else None,
         palette=palette,
+        bands=_band_numbers(bands, "--bands"),
+        aux_bands=_band_numbers(aux_bands, "--aux-bands"),
     )
     for job in jobs:  # every input is checked before anything is written
         predictor.check(job.scene, aux=job.aux, aux_kind=aux_kind)

@@ -3,7 +3,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 from click.testing import CliRunner
 
 import rsprompt
@@ -42,11 +41,6 @@ def test_console_script_runs():
     assert rsprompt.__version__ in out.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 13 item 15: commands/predict.py still sets OMP_WAIT_POLICY, GDAL_CACHEMAX and "
-    "THP_MEM_ALLOC_ENABLE at import; remove this marker with that fix",
-)
 def test_importing_the_commands_changes_nothing_in_the_process():
     """Importing the command modules (as `rsprompt --help` and this suite do) leaves the
     process's environment alone: settings for a run are made when the command runs."""

@@ -416,7 +416,18 @@ def _predict_all(
 @click.option("--vectors", help="Also write class polygons (GeoPackage, .gpkg).")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs (and their sidecars).")
 @click.option(
-    "--device", default="cpu", show_default=True, help="Torch device: auto, cpu, cuda, cuda:N, mps."
+    "--device",
+    default="auto",
+    show_default=True,
+    help="Torch device: auto (cuda when available, else cpu), cpu, cuda, cuda:N, mps.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "32", "bf16", "16"]),
+    default="auto",
+    show_default=True,
+    help="Forward-pass precision; auto = bf16 where the CPU (AVX-512 BF16/AMX) or GPU computes "
+    "it natively, else 32. The map, probabilities and blending stay float32/uint8.",
 )
 @click.option("--classes", help='Class names for open-vocabulary checkpoints: "name1,name2,…".')
 @click.option("--palette", help="Colours: a dataset name, '#rrggbb,#rrggbb,…' or a file of those.")
@@ -517,6 +528,7 @@ def _run(
     vectors: str | None,
     overwrite: bool,
     device: str,
+    precision: str,
     classes: str | None,
     palette: str | None,
     weights: str | None,
@@ -537,6 +549,7 @@ def _run(
     _check_patterns(scenes, output, out_dir, dict(zip(OPTION_NAMES, patterns, strict=True)))
 
     from rsprompt.engine.device import DeviceError, resolve_device
+    from rsprompt.engine.precision import PrecisionError, resolve_precision
     from rsprompt.inference.from_checkpoint import CheckpointPredictor
     from rsprompt.inference.writers import locked_outputs
 
@@ -560,6 +573,12 @@ def _run(
         bands=_band_numbers(bands, "--bands"),
         aux_bands=_band_numbers(aux_bands, "--aux-bands"),
     )
+    try:
+        numeric = resolve_precision(precision, torch_device, model_key=predictor.meta.get("method"))
+    except PrecisionError as exc:
+        raise click.BadParameter(str(exc), param_hint="--precision") from None
+    if not quiet:
+        click.echo(f"device {torch_device}, precision {numeric}", err=True)
     for job in jobs:  # every input is checked before anything is written
         predictor.check(job.scene, aux=job.aux, aux_kind=aux_kind)
     created = _make_folder(out_dir) if out_dir is not None else []
@@ -570,6 +589,7 @@ def _run(
         "batch_size": batch_size,
         "tta": tta,
         "overwrite": overwrite,
+        "precision": numeric,
         "overview_resampling": overviews,
         "compress": compress,
         "progress": not quiet,

@@ -35,6 +35,8 @@ from rasterio.errors import RasterioError
 from torch import Tensor
 
 from rsprompt.data.labels import ClassTable
+from rsprompt.engine.device import resolve_device
+from rsprompt.engine.precision import autocast, resolve_precision
 from rsprompt.inference.reader import AuxStats, PredictError, SceneReader
 from rsprompt.inference.summary import PredictSummary, pixel_area_m2
 from rsprompt.inference.windows import (
@@ -299,14 +301,19 @@ def _forward(
     aux: Tensor | None,
     aux_valid: Tensor | None,
     tta: bool,
+    precision: str = "32",
 ) -> Tensor:
-    """Softmax probabilities ``B×K×H×W``, averaged over flips when ``tta``."""
+    """Softmax probabilities ``B×K×H×W`` (float32), averaged over flips when ``tta``.
+
+    Only the model runs under ``precision`` (autocast); the softmax and the average are float32.
+    """
 
     def run(dims: tuple[int, ...]) -> Tensor:
         def f(t: Tensor | None) -> Tensor | None:
             return t.flip(dims) if (t is not None and dims) else t
 
-        out = model(f(image), aux=f(aux), aux_valid=f(aux_valid))
+        with autocast(image.device, precision):
+            out = model(f(image), aux=f(aux), aux_valid=f(aux_valid))
         if isinstance(out, dict):
             out = out["logits"]
         probs = torch.softmax(out.float(), dim=1)
@@ -318,6 +325,14 @@ def _forward(
     for dims in ((-1,), (-2,), (-2, -1)):
         total = total + run(dims)
     return total / 4.0
+
+
+def _to_device(array: np.ndarray, device: torch.device, pinned: bool) -> Tensor:
+    """A host array on ``device``; through pinned memory without blocking on CUDA."""
+    t = torch.from_numpy(array)
+    if pinned:
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def _pad_to(t: Tensor, h: int, w: int, mode: str) -> Tensor:
@@ -451,6 +466,7 @@ def predict_scene(
     vectors: str | Path | None = None,
     overwrite: bool = False,
     device: str | torch.device = "cpu",
+    precision: str = "32",
     bands: Sequence[int] | None = None,
     expected_bands: int | None = None,
     aux_channels: int | None = None,
@@ -483,7 +499,11 @@ def predict_scene(
         probabilities: Also write per-class probabilities (uint8 0–255, one band per class).
         vectors: Also write polygons (GeoPackage with ``class_id`` and ``class_name``).
         overwrite: Replace existing outputs (and the stale GDAL sidecars of replaced rasters).
-        device: Torch device of the model.
+        device: Torch device of the model (``"auto"``: CUDA when available). On CUDA, windows are
+            copied from pinned host memory without blocking.
+        precision: Forward-pass precision: ``"32"``, ``"bf16"``, ``"16"`` or ``"auto"`` (bf16
+            where the device computes it natively; see :mod:`rsprompt.engine.precision`).
+            Blending, argmax and everything written stay float32/uint8.
         bands: 1-based scene bands to read (``None`` = all).
         expected_bands: Optical bands the model takes (checked against the scene).
         aux_channels: Aux bands the model takes (checked against the aux raster).
@@ -535,7 +555,9 @@ def predict_scene(
     k = classes.num_classes
     dtype, nodata = class_dtype(k)
     norm = normalize if normalize is not None else _identity
-    device = torch.device(device)
+    device = resolve_device(device)
+    numeric = resolve_precision(precision, device)
+    pinned = device.type == "cuda"
 
     reader = SceneReader(
         scene,
@@ -758,10 +780,10 @@ def predict_scene(
             def compute(item: tuple[Any, ...]) -> tuple[Any, ...]:
                 nonlocal checked
                 (band, batch), img, a, av, valids = item
-                x = torch.from_numpy(img).to(device)
-                xa = torch.from_numpy(a).to(device) if a is not None else None
+                x = _to_device(img, device, pinned)
+                xa = _to_device(a, device, pinned) if a is not None else None
                 xv = (
-                    torch.from_numpy(av[:, None].astype(np.float32)).to(device)
+                    _to_device(av[:, None].astype(np.float32), device, pinned)
                     if av is not None
                     else None
                 )
@@ -770,7 +792,7 @@ def predict_scene(
                     if xa is not None:
                         xa = _pad_to(xa, in_h, in_w, pad_mode)
                         xv = _pad_to(xv, in_h, in_w, "constant")
-                probs = _forward(model, x, xa, xv, tta)[..., :win_h, :win_w]
+                probs = _forward(model, x, xa, xv, tta, numeric)[..., :win_h, :win_w]
                 if not checked:
                     if probs.shape[1] != k:
                         raise PredictError(
@@ -850,4 +872,6 @@ def predict_scene(
         windows=n_windows,
         extra_outputs=extra,
         aux_stats=stats.as_dict() if stats is not None else None,
+        device=str(device),
+        numeric_precision=numeric,
     )

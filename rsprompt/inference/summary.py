@@ -97,6 +97,8 @@ class PredictSummary:
         windows: Number of windows predicted.
         extra_outputs: Other files written (probabilities, vectors, sidecars).
         aux_stats: Scene-wide aux statistics used for normalisation, if any.
+        device: Device the model ran on.
+        numeric_precision: Precision of the model's forward pass (``32``, ``bf16`` or ``16``).
     """
 
     scene: Path
@@ -111,6 +113,8 @@ class PredictSummary:
     windows: int
     extra_outputs: list[Path] = field(default_factory=list)
     aux_stats: dict[str, object] | None = None
+    device: str = "cpu"
+    numeric_precision: str = "32"
 
     @property
     def megapixels(self) -> float:
@@ -157,6 +161,8 @@ class PredictSummary:
             "seconds": self.seconds,
             "mpix_per_s": self.mpix_per_s,
             "windows": self.windows,
+            "device": self.device,
+            "numeric_precision": self.numeric_precision,
             "extra_outputs": [str(p) for p in self.extra_outputs],
             "aux_stats": self.aux_stats,
         }
@@ -176,6 +182,7 @@ class PredictSummary:
             lines.append(f"  {'(nodata)':<{width}}  {self.nodata_pixels:14,d} px")
         lines.append(
             f"  time {self.seconds:.1f} s, {self.megapixels:.2f} MPix, {self.mpix_per_s:.3f} MPix/s"
+            f" ({self.device}, precision {self.numeric_precision})"
         )
         for p in self.extra_outputs:
             lines.append(f"  + {p}")

@@ -702,7 +702,7 @@ def _check_aux(im: ImageCheck, info: Any, report: CustomCheck) -> None:
         return
     g = info.grid
     f = max(1, math.ceil(max(g.width, g.height) / 256))
-    coarse = Grid(g.crs, g.transform * Affine.scale(f), -(-g.width // f), -(-g.height // f))
+    coarse = Grid(g.crs, g.transform @ Affine.scale(f), -(-g.width // f), -(-g.height // f))
     agrid = Grid(ainfo.crs, ainfo.transform, ainfo.width, ainfo.height)
     with open_quiet(im.aux) as src:
         _, covered = read_on_grid(src, agrid, coarse, [1], valid_only=True, fill=np.nan)
@@ -728,7 +728,7 @@ def _count_labels(im: ImageCheck, info: Any, src: Any, k: int, report: CustomChe
     try:
         for r in range(0, g.height, STRIP_ROWS * 4):
             h = min(STRIP_ROWS * 4, g.height - r)
-            strip = Grid(g.crs, g.transform * Affine.translation(0, r), g.width, h)
+            strip = Grid(g.crs, g.transform @ Affine.translation(0, r), g.width, h)
             if isinstance(src, VectorLabels):
                 mask = src.rasterize(strip)
             else:

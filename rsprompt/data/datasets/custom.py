@@ -96,9 +96,9 @@ def pixel_size_m(crs: pyproj.CRS, transform: Affine, width: int, height: int) ->
     """
     if crs.is_geographic:
         geod = crs.get_geod() or pyproj.Geod(ellps="WGS84")
-        cx, cy = transform * (width / 2, height / 2)
-        ex, _ = transform * (width / 2 + 1, height / 2)
-        _, ny = transform * (width / 2, height / 2 + 1)
+        cx, cy = transform @ (width / 2, height / 2)
+        ex, _ = transform @ (width / 2 + 1, height / 2)
+        _, ny = transform @ (width / 2, height / 2 + 1)
         dx = geod.inv(cx, cy, ex, cy)[2]
         dy = geod.inv(cx, cy, cx, ny)[2]
         return math.sqrt(abs(dx * dy))
@@ -149,7 +149,8 @@ def sample_optical(
     """A bounded, seeded sample of an image's valid pixels (raw values of ``bands``).
 
     About ``pixels`` pixels from ``side × side`` windows at random places (a window read touches
-    few blocks: the cost does not grow with the image). Band values that are invalid (nodata,
+    few blocks: the cost does not grow with the image); every pixel of an image that has no more
+    than ``pixels``. Band values that are invalid (nodata,
     NaN, masked) are NaN. Cached per file (path, size, modification time), bands and size.
 
     Returns:
@@ -161,17 +162,23 @@ def sample_optical(
         _SAMPLES.move_to_end(key)
         return _SAMPLES[key]
     g = info.grid
-    h, w = min(side, g.height), min(side, g.width)
-    n = max(1, math.ceil(pixels / (h * w)))
-    rng = np.random.default_rng([seed, g.width, g.height])
-    rows = rng.integers(0, g.height - h + 1, n)
-    cols = rng.integers(0, g.width - w + 1, n)
+    if pixels >= g.width * g.height:  # small image: every pixel, once (row strips)
+        rows = list(range(0, g.height, side))
+        cols = [0] * len(rows)
+        sizes = [(min(side, g.height - r), g.width) for r in rows]
+    else:
+        h, w = min(side, g.height), min(side, g.width)
+        n = max(1, math.ceil(pixels / (h * w)))
+        rng = np.random.default_rng([seed, g.width, g.height])
+        rows = rng.integers(0, g.height - h + 1, n).tolist()
+        cols = rng.integers(0, g.width - w + 1, n).tolist()
+        sizes = [(h, w)] * n
     parts = []
     from rsprompt.data.datasets._raster import open_quiet
 
     with open_quiet(info.path) as src:
         masked = has_internal_mask(src)
-        for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
+        for r, c, (h, w) in zip(rows, cols, sizes, strict=True):
             win = Window(c, r, w, h)
             data = read_checked(src, list(bands), win)
             mask = src.read_masks(1, window=win) if masked else None
@@ -409,7 +416,7 @@ class RasterScenes(MultimodalTileDataset):
         col = round(t.c - position * self._step)
         row = round(-t.f)
         img = self.images[position].grid
-        return Grid(img.crs, img.transform * Affine.translation(col, row), dst.width, dst.height), (
+        return Grid(img.crs, img.transform @ Affine.translation(col, row), dst.width, dst.height), (
             row,
             col,
         )
@@ -542,7 +549,7 @@ class RasterScenes(MultimodalTileDataset):
         minima = []
         for r in range(0, g.height, strip):
             h = min(strip, g.height - r)
-            part = Grid(g.crs, g.transform * Affine.translation(0, r), g.width, h)
+            part = Grid(g.crs, g.transform @ Affine.translation(0, r), g.width, h)
             raw, ok = read_on_grid(
                 src, ag, part, self.aux_bands, Resampling.bilinear, np.nan, valid_only=True
             )

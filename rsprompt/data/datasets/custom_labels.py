@@ -255,9 +255,10 @@ def pixel_box(
 ) -> tuple[int, int, int, int] | None:
     """``(col0, row0, col1, row1)`` of ``grid``'s pixels touched by ``bounds`` (grid CRS), or None."""
     inv = ~grid.transform
-    xs, ys = zip(*(inv * (x, y) for x in bounds[0::2] for y in bounds[1::2]), strict=True)
-    c0, c1 = max(0, math.floor(min(xs))), min(grid.width, math.ceil(max(xs)))
-    r0, r1 = max(0, math.floor(min(ys))), min(grid.height, math.ceil(max(ys)))
+    xs, ys = zip(*(inv @ (x, y) for x in bounds[0::2] for y in bounds[1::2]), strict=True)
+    eps = 1e-3  # a reprojected edge a hair beyond a pixel boundary stays on it
+    c0, c1 = max(0, math.floor(min(xs) + eps)), min(grid.width, math.ceil(max(xs) - eps))
+    r0, r1 = max(0, math.floor(min(ys) + eps)), min(grid.height, math.ceil(max(ys) - eps))
     if c1 <= c0 or r1 <= r0:
         return None
     return (c0, r0, c1, r1)

@@ -1036,3 +1036,69 @@ def pd_concat(frames):
     import pandas as pd
 
     return gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=frames[0].crs)
+
+
+def walkthrough_commands(text):
+    """The ``rsprompt`` commands of docs/own-data.md's walkthrough, continuation lines joined."""
+    import shlex
+
+    part = text.split("<!-- walkthrough:start -->")[1].split("<!-- walkthrough:end -->")[0]
+    commands, in_bash, current = [], False, ""
+    for line in part.splitlines():
+        if line.startswith("```"):
+            in_bash = line.strip() == "```bash"
+            continue
+        if not in_bash:
+            continue
+        current += line.rstrip("\\").strip() + " "
+        if not line.endswith("\\"):
+            if current.strip().startswith("rsprompt "):
+                commands.append(shlex.split(current)[1:])
+            current = ""
+    return commands
+
+
+@pytest.mark.slow
+def test_own_data_walkthrough_runs_as_written(tmp_path, monkeypatch):
+    """docs/own-data.md, steps 1–6, in order; training with the smoke-run encoder it documents."""
+    commands = walkthrough_commands((ROOT / "docs" / "own-data.md").read_text())
+    assert [c[0] for c in commands] == ["synth", "data", "train", "evaluate", "predict"]
+    monkeypatch.chdir(tmp_path)
+    smoke = [
+        "--model.weights",
+        "null",
+        "--model.encoder",
+        "resnet18",
+        "--data.patch_size",
+        "64",
+        "--data.batch_size",
+        "2",
+        "--data.num_workers",
+        "0",
+        "--data.length",
+        "4",
+        "--trainer.max_steps",
+        "2",
+        "--trainer.logger",
+        "false",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.limit_val_batches",
+        "1",
+        "--model.eval_window",
+        "64",
+        "--model.eval_stride",
+        "64",
+    ]
+    for args in commands:
+        args = [str(ROOT / a) if a.startswith("configs/") else a for a in args]
+        if args[0] == "train":
+            args += smoke
+        if args[0] in ("evaluate", "predict"):
+            args += ["--quiet"] if args[0] == "evaluate" else ["-q"]
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 0, (args, res.output, res.exception)
+    names = sorted(gpd.read_file(tmp_path / "mydata" / "labels.gpkg")["landcover"].unique())
+    qml = (tmp_path / "maps" / "scene_3_pred.qml").read_text()
+    assert all(f'label="{n}"' in qml for n in names)
+    assert (tmp_path / "runs" / "mydata" / "eval_val" / "metrics.json").is_file()

@@ -102,3 +102,15 @@ _register(
     "convert",
     "Convert the authors' released MoBaNet/DPLNet/RPN weights into an rsprompt model.ckpt.",
 )
+_register(
+    "export",
+    "rsprompt.commands.export",
+    "export",
+    "Export a model checkpoint to ONNX for QGIS's Deepness plugin (needs rsprompt[onnx]).",
+)
+_register(
+    "stack",
+    "rsprompt.commands.stack",
+    "stack",
+    "Stack a scene and its DSM/SAR (aligned as predict does) into one VRT layer.",
+)

@@ -1,6 +1,6 @@
 """DPLNet: dual-prompt learning on a frozen SegFormer MiT (arXiv 2312.00360).
 
-Implements ``METHODS.md`` §2 on segmentation-models-pytorch's ``MixVisionTransformer``
+Implements ``docs/methods/dplnet.md`` on segmentation-models-pytorch's ``MixVisionTransformer``
 (``mit_b0`` … ``mit_b5``; the paper configuration is MiT-B5 from the ADE20K-finetuned SegFormer-B5
 checkpoint). The MiT is frozen and its code is neither edited nor copied: DPLNet drives it stage by
 stage, calling its own submodules (``patch_embed{i}``, every block's ``norm1``/``attn``/

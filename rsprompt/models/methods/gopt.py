@@ -1,7 +1,7 @@
 """GoPT: grouping prompt tuning on a frozen plain ViT (AAAI 2024) — rsprompt's reconstruction.
 
 No code was released with the paper. This module implements the design written down in
-``METHODS.md`` §3, reconstructed from the paper's description (abstract and summaries):
+``docs/methods/gopt.md``, reconstructed from the paper's description (abstract and summaries):
 
 * A frozen plain ViT (timm ``VisionTransformer``; the paper configuration is MAE ViT-B/16,
   ``vit_base_patch16_224``) processes the optical image unchanged.
@@ -25,7 +25,7 @@ No code was released with the paper. This module implements the design written d
 Choices made by rsprompt (not in the paper's text):
 
 * The optical stream's ACP query is ``o + a`` (both modalities' bottleneck tokens at the same
-  location, as ViPT fuses them), not ``o`` alone as the literal METHODS.md formula reads. With
+  location, as ViPT fuses them), not ``o`` alone (the literal ``ACP(o)`` form). With
   ``o`` alone the optical tokens receive only image-level, class-grouped aux information (the
   attention weights depend on the optical token only), so a class told apart by the DSM alone
   (roof vs. road of the same colour) cannot be learnt: on the synthetic task of
@@ -133,7 +133,7 @@ class GroupingPrompter(nn.Module):
         aux_output: Whether to update the aux stream (False for the last prompter).
         acp_query: ``"fused"`` (default): the optical stream's ACP query is ``o + a``, the sum of
             both modalities' bottleneck tokens at the same location; ``"optical"``: ``o`` alone,
-            the literal METHODS.md form (the optical stream then receives only image-level,
+            the literal ``ACP(o)`` form (the optical stream then receives only image-level,
             class-grouped aux information; see the module docstring).
     """
 
@@ -291,7 +291,7 @@ class GoPT(SegmentationModel):
         decoder_channels: Width of the UPerNet.
         pyramid_channels: Channels of every simple-pyramid level.
         acp_query: Query of the optical stream's ACP, ``"fused"`` (``o + a``, default) or
-            ``"optical"`` (``o``, the literal METHODS.md form).
+            ``"optical"`` (``o``, the literal ``ACP(o)`` form).
     """
 
     frozen_modules = ("encoder",)

@@ -1,4 +1,6 @@
-"""MoBaNet — modality-balanced symmetric fusion over a shared frozen encoder (METHODS.md §1).
+"""MoBaNet — modality-balanced symmetric fusion over a shared frozen encoder.
+
+Specification, shapes and parameter counts: ``docs/methods/mobanet.md``.
 
 Both modalities run through the SAME frozen encoder (two passes with shared weights, batched
 together). The aux modality (DSM, replicated to the stem's channels) enters through a trainable

@@ -1,7 +1,7 @@
 """RPN — relationship prompt network for open-vocabulary segmentation (NeurIPS 2024).
 
 A frozen CLIP (open_clip, paper configuration ViT-B/16 with OpenAI weights) segments with any
-list of class names. Trainable parts (METHODS.md §5):
+list of class names. Trainable parts (``docs/methods/rpn.md``):
 
 - ``vpt``: deep visual prompt tokens ``L×T×D`` (``T`` = ``vpt_tokens``, default 10) inserted at
   the input of every image block, passed through the shared prompt projection;

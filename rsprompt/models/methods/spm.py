@@ -1,10 +1,10 @@
 """SPM: prompt-matched semantic segmentation (arXiv 2208.10159) — rsprompt's reconstruction.
 
 No code was released with the paper. This module implements the design written down in
-``METHODS.md`` §4, reconstructed from the paper's description: the frozen encoder is split into
-stages (any :class:`~rsprompt.models.encoders.FrozenEncoder`: CNN, MiT, Swin, ViT with taps) whose
-modules are kept EXACTLY as they are — nothing inside them is edited or hooked; SPM only acts on the
-features *between* stages, through the encoder's public staged interface
+``docs/methods/spm.md``, reconstructed from the paper's description: the frozen encoder is split
+into stages (any :class:`~rsprompt.models.encoders.FrozenEncoder`: CNN, MiT, Swin, ViT with taps)
+whose modules are kept EXACTLY as they are — nothing inside them is edited or hooked; SPM only acts
+on the features *between* stages, through the encoder's public staged interface
 (``run_stage`` / ``stage_map`` / ``with_stage_map`` / ``readout``).
 
 After every stage ``s`` but the last (frozen output ``F_s``, ``C_s`` channels), a semantic-aware

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from rsprompt.data.labels import ISPRS_CLASSES
+from rsprompt.engine.precision import autocast, cpu_has_native_bf16, resolve_precision
 
 #: The frozen encoder of the demo: the one real pretrained encoder available offline.
 DEMO_ENCODER = "tf_efficientnet_lite0"
@@ -216,7 +217,7 @@ def _build_task(with_dsm: bool, weights: str, settings: DemoSettings, total_step
     )
 
 
-def _seconds_per_step(task: Any, dm: Any) -> float:
+def _seconds_per_step(task: Any, dm: Any, precision: str = "32") -> float:
     """Build ``task``'s model and time a few steps of it at lr 0 (forward + backward)."""
     from rsprompt.engine.task import datamodule_info
 
@@ -229,8 +230,9 @@ def _seconds_per_step(task: Any, dm: Any) -> float:
     for _ in range(3):
         batch = next(loader)
         start = time.perf_counter()
-        out = model(batch["image"], batch.get("aux"), batch.get("aux_valid"))
-        loss = model.compute_loss(out, batch["mask"])["loss"]
+        with autocast("cpu", precision):
+            out = model(batch["image"], batch.get("aux"), batch.get("aux_valid"))
+            loss = model.compute_loss(out, batch["mask"])["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -250,6 +252,7 @@ def _train(
     ckpt_path: Path,
     progress: bool,
     log: Callable[[str], None],
+    precision: str = "32",
 ) -> dict[str, Any]:
     """Train one model within ``budget_s`` seconds and write its model checkpoint."""
     import lightning.pytorch as pl
@@ -258,7 +261,7 @@ def _train(
 
     task = _build_task(with_dsm, weights, settings, total_steps=settings.max_steps)
     step_s = _seconds_per_step(
-        task, _datamodule(scenes, normalization, settings, 3, seed, with_dsm)
+        task, _datamodule(scenes, normalization, settings, 3, seed, with_dsm), precision
     )
     steps = int(max(2, min(settings.max_steps, budget_s / step_s)))
     log(f"[{name}] ~{step_s:.2f} s/step -> {steps} steps in a {budget_s:.0f} s budget")
@@ -271,6 +274,7 @@ def _train(
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=1,
+        precision={"32": "32-true", "bf16": "bf16-mixed"}[precision],
         max_steps=steps,
         max_epochs=1,
         # The probe's estimate drifts by ±30% on a shared CPU: the budget is a hard stop.
@@ -383,6 +387,7 @@ def run_demo(
     overwrite: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Run the whole rsprompt journey on synthetic data and a real frozen encoder.
 
@@ -397,6 +402,8 @@ def run_demo(
         overwrite: Replace existing demo outputs in ``out_dir``.
         progress: Show progress bars.
         log: Where progress messages go.
+        precision: Training and prediction precision (``auto``: bf16 on a CPU with native bf16,
+            else 32; see :mod:`rsprompt.engine.precision`); recorded in ``metrics.json``.
 
     Returns:
         The content of ``metrics.json`` (``miou_with_dsm``, ``miou_optical_only``, ``per_class``,
@@ -421,6 +428,8 @@ def run_demo(
     _check_outputs(out, overwrite)
     weights = str(efficientnet_lite0_package_path())
     torch.manual_seed(seed)
+    numeric = resolve_precision(precision, "cpu")
+    log(f"precision {numeric} (asked: {precision}; native CPU bf16: {cpu_has_native_bf16()})")
 
     # 1. the synthetic area: training tiles + a held-out scene with its DSM on another grid.
     log(
@@ -473,6 +482,7 @@ def run_demo(
             out / ckpt,
             progress,
             log,
+            numeric,
         )
 
     # 3. predict the held-out scene through the code path of `rsprompt predict`.
@@ -485,6 +495,7 @@ def run_demo(
         "overlap": settings.window // 4,
         "overwrite": True,
         "progress": progress,
+        "precision": numeric,
     }
     with_dsm = CheckpointPredictor(out / "model.ckpt").predict(
         out / "scene.tif",
@@ -539,6 +550,7 @@ def run_demo(
             for i, n in enumerate(names)
         },
         "training": runs,
+        "numeric_precision": numeric,
         "prediction": {
             "with_dsm_seconds": round(with_dsm.seconds, 2),
             "optical_only_seconds": round(optical_only.seconds, 2),

@@ -83,3 +83,22 @@ def test_library_resolves_auto_and_keeps_outputs_float32(trained, tmp_path, monk
         assert src.dtypes[0] == "uint8"
         total = src.read().astype(int).sum(0)
     assert total.min() >= 250 and total.max() <= 260  # probabilities still sum to 255
+
+
+@pytest.mark.parametrize(
+    "native, expected",
+    [
+        # bf16 is emulated (slow) on CPUs without it: the faked-native case is a slow test
+        pytest.param(True, "bf16", marks=pytest.mark.slow),
+        (False, "32"),
+    ],
+)
+def test_demo_reports_its_precision(tmp_path, monkeypatch, native, expected):
+    from rsprompt.demo import TINY_SETTINGS, run_demo
+
+    monkeypatch.setattr(prec, "cpu_has_native_bf16", lambda: native)
+    lines = []
+    metrics = run_demo(tmp_path, settings=TINY_SETTINGS, progress=False, log=lines.append)
+    assert metrics["numeric_precision"] == expected
+    assert json.loads((tmp_path / "metrics.json").read_text())["numeric_precision"] == expected
+    assert any(f"precision {expected}" in line for line in lines)

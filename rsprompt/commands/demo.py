@@ -27,8 +27,21 @@ import click
 @click.option("--tiny", is_flag=True, help="A tiny setting that runs in seconds (for smoke tests).")
 @click.option("--overwrite", is_flag=True, help="Replace the outputs of an earlier demo run.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "32", "bf16"]),
+    default="auto",
+    show_default=True,
+    help="Training and prediction precision; auto = bf16 where the CPU computes it natively.",
+)
 def demo(
-    out_dir: Path, minutes: float, seed: int, tiny: bool, overwrite: bool, no_progress: bool
+    out_dir: Path,
+    minutes: float,
+    seed: int,
+    tiny: bool,
+    overwrite: bool,
+    no_progress: bool,
+    precision: str,
 ) -> None:
     """Train MoBaNet prompts on a frozen ImageNet EfficientNet-Lite0 and map a held-out scene.
 
@@ -58,6 +71,7 @@ def demo(
             settings=TINY_SETTINGS if tiny else None,
             overwrite=overwrite,
             progress=not no_progress,
+            precision=precision,
             log=click.echo,
         )
     except DemoError as err:

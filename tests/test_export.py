@@ -547,3 +547,18 @@ def test_aux_statistics_skip_nodata(tmp_path):
         dst.write(heights, 1)
     layout = InputLayout([1, 2, 3], 3, "dsm", 1)
     assert aux_statistics(path, layout) == {"min": 7.25, "max": 40.0}
+
+
+def test_optical_only_export_runs_the_model_without_its_aux(tmp_path):
+    """--optical-only: a 3-band graph (GeoDeep takes RGB only), the model's missing-aux path."""
+    ckpt = save_tiny(tmp_path / "m.ckpt", "mobanet")
+    out = tmp_path / "rgb.onnx"
+    res = run("export", ckpt, "-o", out, "--optical-only")
+    assert res.exit_code == 0, res.output
+    model, _ = ckpt_mod.load_model_checkpoint(ckpt)
+    x = raw_window(1, seed=6)[:, :3]
+    got = session(out).run(None, {"input": x})[0]
+    assert session(out).get_inputs()[0].shape[1] == 3
+    assert np.abs(got - torch_optical(model, x)).max() <= 1e-4
+    res = run("export", ckpt, "-o", out, "--optical-only", "--aux-range", 0, 1, "--overwrite")
+    assert res.exit_code == 1 and "no aux modality" in res.output

@@ -50,6 +50,11 @@ import click
     help='Open-vocabulary models (RPN): class names "a,b,c" frozen into the graph.',
 )
 @click.option("--weights", default=None, help="Encoder weights file, if it moved since training.")
+@click.option(
+    "--optical-only",
+    is_flag=True,
+    help="Leave the aux input out: the model runs with its DSM/SAR missing (3-band runners).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 def export(
     checkpoint: Path,
@@ -61,6 +66,7 @@ def export(
     resolution: float | None,
     classes: str | None,
     weights: str | None,
+    optical_only: bool,
     overwrite: bool,
 ) -> None:
     """Export CHECKPOINT (model.ckpt) to an ONNX model for QGIS's Deepness plugin.
@@ -84,6 +90,7 @@ def export(
             resolution=resolution,
             classes=names,
             weights=weights,
+            optical_only=optical_only,
             overwrite=overwrite,
         )
     except ExportError as exc:

@@ -38,6 +38,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -270,8 +271,6 @@ def reference_probabilities(
     read as 0, the aux is 0 with validity 0 where any aux band is not finite, a DSM ``minmax``
     takes ``aux_stats`` and a DSM ``ndsm`` fits its ground on the sample itself.
     """
-    import dataclasses
-
     c = int(layout.n_optical or 0)
     optical = dataclasses.replace(norm.optical, bands=None)
     images, auxes, valids = [], [], []
@@ -583,6 +582,7 @@ def export_onnx(
     resolution: float | None = None,
     classes: Sequence[str] | None = None,
     weights: str | None = None,
+    optical_only: bool = False,
     overwrite: bool = False,
     tolerance: float = TOLERANCE,
 ) -> ExportSummary:
@@ -599,6 +599,9 @@ def export_onnx(
             checkpoint tells it).
         classes: An open-vocabulary model's class names (RPN), frozen into the graph.
         weights: Encoder weights file, when it moved since training.
+        optical_only: Export an optical + aux model without its aux input (the model runs with
+            the aux missing everywhere, as ``rsprompt predict`` without ``--dem``): a
+            3-band graph for runners that take RGB only (GeoDeep).
         overwrite: Replace an existing ``out``.
         tolerance: Largest absolute difference of the probabilities onnxruntime vs torch.
 
@@ -621,6 +624,8 @@ def export_onnx(
             "into the graph"
         )
     layout = input_layout(meta, source)
+    if optical_only:
+        layout = dataclasses.replace(layout, aux_kind=None, aux_channels=0)
     if layout.n_optical is None:
         raise ExportError(
             f"checkpoint {source} does not tell how many optical bands the model reads (no band "

@@ -8,7 +8,9 @@ Before each docstring is parsed it
   would show the raw role, and the Returns parser would read ``A :class:`X``` as a type ``A``;
 - reads a Google-style ``Example:`` section as ``Examples:``, so its ``>>>`` lines render as code
   (the singular form is an admonition whose text Markdown would reflow, and whose ``x[:1]`` it
-  would take for a link).
+  would take for a link);
+- ends a reStructuredText literal-block lead-in (``Usage::``) with one colon: the indented block
+  after it is a Markdown code block already.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ ROLE = re.compile(
     r":(?:py:)?(?:class|func|meth|mod|data|attr|exc|obj|const|term|ref):`(~?)([^`]+)`"
 )
 EXAMPLE = re.compile(r"^([ \t]*)Example:[ \t]*$", flags=re.MULTILINE)
+LITERAL = re.compile(r"(\S)::[ \t]*\n([ \t]*\n)", flags=re.MULTILINE)
 
 
 def _code(match: re.Match[str]) -> str:
@@ -30,13 +33,16 @@ def _code(match: re.Match[str]) -> str:
 
 
 def clean_docstring(text: str) -> str:
-    """Sphinx roles as code spans and ``Example:`` as ``Examples:``.
+    r"""Sphinx roles as code spans, ``Example:`` as ``Examples:``, ``Usage::`` as ``Usage:``.
 
     Example:
         >>> clean_docstring("A :class:`~a.b.C` or :func:`a.f`.")
         'A `C` or `a.f`.'
+        >>> clean_docstring("Usage::\n\n    run it\n")
+        'Usage:\n\n    run it\n'
     """
-    return EXAMPLE.sub(r"\1Examples:", ROLE.sub(_code, text))
+    text = EXAMPLE.sub(r"\1Examples:", ROLE.sub(_code, text))
+    return LITERAL.sub(r"\1:\n\2", text)
 
 
 class RsPromptDocstrings(griffe.Extension):

@@ -254,9 +254,16 @@ def test_background_class_and_label_rasters_with_ignore_index(tmp_path):
     assert (mask[~inside] == IGNORE_INDEX).all()
 
 
-def test_one_dsm_mosaic_in_another_crs_is_aligned_on_each_image(tmp_path):
-    """A DSM mosaic (a plane) in EPSG:32632 at 1 m serves both UTM-33 images, read on their grids."""
-    paths = two_images(tmp_path, size=32)
+def test_one_dsm_mosaic_in_another_crs_is_aligned_on_each_image(tmp_path, monkeypatch):
+    """A DSM mosaic (a plane) in EPSG:32632 at 1 m serves both UTM-33 images, read on their grids.
+
+    Blocks of 8 px (instead of 256) make every read cross the blocks the warped aux and the
+    rasterised polygons are cached in.
+    """
+    from rsprompt.data.datasets.custom import RasterScenes
+
+    monkeypatch.setattr(RasterScenes, "LABEL_BLOCK", 8)
+    two_images(tmp_path, size=32)
     to32 = Transformer.from_crs(UTM, "EPSG:32632", always_xy=True)
     x0, y1 = to32.transform(ORIGIN[0] - 20, ORIGIN[1] + 20)
     x1, y0 = to32.transform(ORIGIN[0] + 80, ORIGIN[1] - 40)
@@ -276,15 +283,26 @@ def test_one_dsm_mosaic_in_another_crs_is_aligned_on_each_image(tmp_path):
         patch_size=16,
         scaling="meanstd",
     )
-    for split, k in (("train", 0), ("val", 1)):
+
+    def plane_at(origin, r, c):
+        """The plane at the centres of image pixels (rows r, columns c), bilinear-exact."""
+        x, y = to32.transform(origin[0] + (c + 0.5) * RES, origin[1] - (r + 0.5) * RES)
+        return 100 + 0.3 * (x - left) + 0.2 * (top - y)
+
+    r, c = np.meshgrid(np.arange(32), np.arange(32), indexing="ij")
+    water_top = np.where(r < 16, 1, 0)  # classes (forest, water): water over the top half
+    for split, origin in (("train", ORIGIN), ("val", (ORIGIN[0] + 32 * RES + 10, ORIGIN[1]))):
         tile = dm.dataset(split).read_tile(0)
-        origin = ORIGIN if k == 0 else (ORIGIN[0] + 32 * RES + 10, ORIGIN[1])
-        r, c = np.meshgrid(np.arange(32) + 0.5, np.arange(32) + 0.5, indexing="ij")
-        x, y = to32.transform(origin[0] + c * RES, origin[1] - r * RES)
-        expected = 100 + 0.3 * (x - left) + 0.2 * (top - y)  # the plane, exact under bilinear
-        np.testing.assert_allclose(tile["aux"][0], expected, atol=1e-3)
+        np.testing.assert_allclose(tile["aux"][0], plane_at(origin, r, c), atol=1e-3)
         assert tile["aux_valid"].all()
-    assert paths
+        np.testing.assert_array_equal(tile["mask"], water_top)
+    # A patch at an odd offset, across four blocks.
+    ds = dm.dataset("train")
+    r0, c0, n = 5, 7, 16
+    sample = ds[slice(c0, c0 + n), slice(-(r0 + n), -r0)]  # image 0's pixels in index space
+    rr, cc = r[r0 : r0 + n, c0 : c0 + n], c[r0 : r0 + n, c0 : c0 + n]
+    np.testing.assert_allclose(sample["aux"][0].numpy(), plane_at(ORIGIN, rr, cc), atol=1e-3)
+    np.testing.assert_array_equal(sample["mask"].numpy(), water_top[r0 : r0 + n, c0 : c0 + n])
 
 
 # ------------------------------------------------------------------------------------ splits

@@ -42,6 +42,7 @@ from rasterio.windows import Window
 from rsprompt.data.datasets._raster import (
     LOCAL_CRS,
     Grid,
+    _aligned_offset,
     has_internal_mask,
     raster_info,
     read_checked,
@@ -458,15 +459,18 @@ class RasterScenes(MultimodalTileDataset):
     ) -> tuple[np.ndarray, np.ndarray]:
         tile, ag = self.tiles[position], self.aux_grids[position]
         assert tile.aux is not None and ag is not None
-        raw, acov = read_on_grid(
-            self._open(tile.aux),
-            ag,
-            real,
-            self.aux_bands,
-            Resampling.bilinear,
-            np.nan,
-            valid_only=True,
-        )
+        if _aligned_offset(ag, real) is not None:  # on the image's pixel grid: a window read
+            raw, acov = read_on_grid(
+                self._open(tile.aux),
+                ag,
+                real,
+                self.aux_bands,
+                Resampling.bilinear,
+                np.nan,
+                valid_only=True,
+            )
+        else:
+            raw, acov = self._warped_aux(position, real, off)
         raw = raw.astype(np.float32)
         valid = acov & covered
         norm = self.normalization.aux if self.normalization is not None else None
@@ -475,15 +479,123 @@ class RasterScenes(MultimodalTileDataset):
         aux = np.where(valid[None], np.nan_to_num(raw), 0).astype(np.float32)
         return aux, valid[None].astype(np.float32)
 
-    def _read_labels(self, position: int, real: Grid) -> np.ndarray:
+    #: Side (pixels) of the blocks polygons are rasterised in, and the bytes of blocks kept.
+    LABEL_BLOCK = 256
+    LABEL_CACHE_BYTES = 64 << 20
+
+    def _read_labels(self, position: int, real: Grid, off: tuple[int, int]) -> np.ndarray:
         assert self.labels is not None
         if isinstance(self.labels, VectorLabels):
-            return self.labels.rasterize(real)
+            return self._vector_labels(position, real, off)
         tile = self.tiles[position]
         assert tile.label is not None
         return self.labels.read(
             self.label_positions[position], self.images[position].grid, real, self._open(tile.label)
         )
+
+    def _vector_labels(self, position: int, real: Grid, off: tuple[int, int]) -> np.ndarray:
+        """Polygons on a window of image ``position``, from cached rasterised blocks.
+
+        The window's real grid is the image's, offset by whole pixels: it is cut from the
+        ``LABEL_BLOCK``-pixel blocks of the image grid it touches, each rasterised once (only the
+        polygons touching it, see :meth:`VectorLabels.rasterize`) and kept while the cache
+        (``LABEL_CACHE_BYTES``, least recently used out first) has room.
+        """
+        b = self.LABEL_BLOCK
+        r0, c0 = off
+        h, w = real.height, real.width
+        out = np.empty((h, w), np.uint8)
+        for br in range(r0 // b, (r0 + h - 1) // b + 1):
+            for bc in range(c0 // b, (c0 + w - 1) // b + 1):
+                block = self._label_block(position, br, bc)
+                rs = slice(max(r0, br * b), min(r0 + h, (br + 1) * b))
+                cs = slice(max(c0, bc * b), min(c0 + w, (bc + 1) * b))
+                out[rs.start - r0 : rs.stop - r0, cs.start - c0 : cs.stop - c0] = block[
+                    rs.start - br * b : rs.stop - br * b, cs.start - bc * b : cs.stop - bc * b
+                ]
+        return out
+
+    #: Bytes of warped aux blocks kept (an aux raster on another grid is warped block by block).
+    AUX_CACHE_BYTES = 128 << 20
+
+    def _warped_aux(
+        self, position: int, real: Grid, off: tuple[int, int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The aux raster warped onto a window, from cached ``LABEL_BLOCK``-pixel blocks.
+
+        Each block of the image grid is warped once with
+        :func:`~rsprompt.data.datasets._raster.read_on_grid` (a covering source window with a
+        margin: the values are those of a warp of the whole image) and kept while
+        ``AUX_CACHE_BYTES`` allow.
+        """
+        b = self.LABEL_BLOCK
+        r0, c0 = off
+        h, w = real.height, real.width
+        out: np.ndarray | None = None
+        covered = np.zeros((h, w), bool)
+        for br in range(r0 // b, (r0 + h - 1) // b + 1):
+            for bc in range(c0 // b, (c0 + w - 1) // b + 1):
+                data, ok = self._aux_block(position, br, bc)
+                if out is None:
+                    out = np.full((data.shape[0], h, w), np.nan, np.float32)
+                rs = slice(max(r0, br * b), min(r0 + h, (br + 1) * b))
+                cs = slice(max(c0, bc * b), min(c0 + w, (bc + 1) * b))
+                dst = (slice(rs.start - r0, rs.stop - r0), slice(cs.start - c0, cs.stop - c0))
+                src = (
+                    slice(rs.start - br * b, rs.stop - br * b),
+                    slice(cs.start - bc * b, cs.stop - bc * b),
+                )
+                out[(slice(None), *dst)] = data[(slice(None), *src)]
+                covered[dst] = ok[src]
+        assert out is not None
+        return out, covered
+
+    def _aux_block(self, position: int, br: int, bc: int) -> tuple[np.ndarray, np.ndarray]:
+        cache = self.__dict__.setdefault("_aux_blocks", OrderedDict())
+        key = (position, br, bc)
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+        b = self.LABEL_BLOCK
+        g = self.images[position].grid
+        grid = Grid(g.crs, g.transform @ Affine.translation(bc * b, br * b), b, b)
+        tile, ag = self.tiles[position], self.aux_grids[position]
+        assert tile.aux is not None and ag is not None
+        raw, ok = read_on_grid(
+            self._open(tile.aux),
+            ag,
+            grid,
+            self.aux_bands,
+            Resampling.bilinear,
+            np.nan,
+            valid_only=True,
+        )
+        cache[key] = (raw.astype(np.float32, copy=False), ok)
+        while len(cache) * b * b * (4 * raw.shape[0] + 1) > self.AUX_CACHE_BYTES:
+            cache.popitem(last=False)
+        return cache[key]
+
+    def _label_block(self, position: int, br: int, bc: int) -> np.ndarray:
+        cache = self.__dict__.setdefault("_blocks", OrderedDict())
+        key = (position, br, bc)
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+        b = self.LABEL_BLOCK
+        g = self.images[position].grid
+        grid = Grid(g.crs, g.transform @ Affine.translation(bc * b, br * b), b, b)
+        assert isinstance(self.labels, VectorLabels)
+        block = self.labels.rasterize(grid)
+        cache[key] = block
+        while len(cache) * b * b > self.LABEL_CACHE_BYTES:
+            cache.popitem(last=False)
+        return block
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.pop("_blocks", None)
+        state.pop("_aux_blocks", None)
+        return state
 
     def _region_mask(self, position: int, dst: Grid) -> np.ndarray | None:
         """Pixels of ``dst`` inside image ``position``'s region (``None``: all of them)."""
@@ -505,7 +617,7 @@ class RasterScenes(MultimodalTileDataset):
             piece["aux"] = np.zeros((channels, dst.height, dst.width), np.float32)
             piece["aux_valid"] = np.zeros((1, dst.height, dst.width), np.float32)
         mask = (
-            self._read_labels(position, real)
+            self._read_labels(position, real, off)
             if self.labels is not None
             else np.full((dst.height, dst.width), IGNORE_INDEX, np.uint8)
         )

@@ -434,7 +434,7 @@ class VectorLabels:
         self.geoms = geoms.iloc[order].reset_index(drop=True)
         self.burn = burn[order]
         self.areas = areas[order]
-        self._cache: dict[str, tuple[np.ndarray, shapely.STRtree]] = {}
+        self._cache: dict[str, _Projected] = {}
 
     def _classes(self, classes: Any, background: str | None) -> tuple[ClassTable, int | None]:
         pairs = parse_classes(classes)
@@ -469,11 +469,14 @@ class VectorLabels:
 
     def _in_crs(self, crs: pyproj.CRS) -> tuple[np.ndarray, shapely.STRtree]:
         """The polygons in ``crs`` (burn order) and their search tree (cached per CRS)."""
+        p = self._projected(crs)
+        return p.geoms, p.tree
+
+    def _projected(self, crs: pyproj.CRS) -> _Projected:
         key = crs.to_wkt()
         if key not in self._cache:
             geoms = self.geoms if crs == self.crs else self.geoms.to_crs(crs)
-            arr = np.asarray(geoms.values, dtype=object)
-            self._cache[key] = (arr, shapely.STRtree(arr))
+            self._cache[key] = _Projected(np.asarray(geoms.values, dtype=object))
         return self._cache[key]
 
     def footprint(self, grid: Grid) -> tuple[int, int, int, int] | None:
@@ -499,11 +502,17 @@ class VectorLabels:
     def rasterize(self, grid: Grid) -> np.ndarray:
         """Class indices (uint8 ``H×W``, 255 = ignored) of the polygons on ``grid``."""
         fill = IGNORE_INDEX if self.background is None else self.background
-        arr, tree = self._in_crs(grid.crs)
-        hits = np.sort(tree.query(shapely.box(*grid.bounds), predicate="intersects"))
+        p = self._projected(grid.crs)
+        hits = np.sort(p.tree.query(shapely.box(*grid.bounds), predicate="intersects"))
         if not hits.size:
             return np.full((grid.height, grid.width), fill, np.uint8)
-        shapes = zip(arr[hits], self.burn[hits].tolist(), strict=True)
+        shapes = [
+            (g, int(self.burn[i]))
+            for i, g in zip(hits.tolist(), p.geojson(hits, grid.bounds), strict=True)
+            if g is not None
+        ]
+        if not shapes:
+            return np.full((grid.height, grid.width), fill, np.uint8)
         return rasterio.features.rasterize(
             shapes,
             out_shape=(grid.height, grid.width),
@@ -603,3 +612,57 @@ class RasterLabels:
         if self.ignore_index is not None:
             ok &= v != self.ignore_index
         return np.where(ok, v, IGNORE_INDEX).astype(np.uint8)
+
+
+class _Projected:
+    """Polygons in one CRS: search tree, and GeoJSON mappings for ``rasterio.features.rasterize``.
+
+    Turning a shapely polygon into the mapping rasterio reads costs more than rasterising it on a
+    patch, so the mapping of each polygon is kept after its first use (up to
+    :attr:`CACHE_VERTICES` vertices in all). A polygon of more than :attr:`CLIP_VERTICES`
+    vertices (a large area traced in detail) is instead clipped to the window first, so a patch
+    never pays for the whole of it.
+    """
+
+    #: Vertices whose mappings are kept (about 120 bytes each).
+    CACHE_VERTICES = 2_000_000
+    #: Polygons with more vertices are clipped to each window instead of cached whole.
+    CLIP_VERTICES = 5_000
+
+    def __init__(self, geoms: np.ndarray) -> None:
+        self.geoms = geoms
+        self.tree = shapely.STRtree(geoms)
+        self.vertices = shapely.get_num_coordinates(geoms)
+        self.mappings: dict[int, dict[str, Any]] = {}
+        self.cached_vertices = 0
+
+    def geojson(self, hits: np.ndarray, bounds: tuple[float, ...]) -> list[dict[str, Any] | None]:
+        """The mappings of polygons ``hits`` (in order) for a window (``None``: nothing there)."""
+        out: list[dict[str, Any] | None] = [None] * len(hits)
+        big = self.vertices[hits] > self.CLIP_VERTICES
+        todo = [j for j, i in enumerate(hits.tolist()) if not big[j] and i not in self.mappings]
+        if todo:
+            texts = shapely.to_geojson(self.geoms[hits[todo]])
+            for j, text in zip(todo, texts, strict=True):
+                i = int(hits[j])
+                out[j] = json.loads(text)
+                if self.cached_vertices + self.vertices[i] <= self.CACHE_VERTICES:
+                    self.mappings[i] = out[j]
+                    self.cached_vertices += int(self.vertices[i])
+        for j, i in enumerate(hits.tolist()):
+            if out[j] is None and not big[j]:
+                out[j] = self.mappings[i]
+        if big.any():
+            clipped = shapely.clip_by_rect(self.geoms[hits[big]], *bounds)
+            for j, geom in zip(np.flatnonzero(big).tolist(), clipped, strict=True):
+                if not geom.is_empty and geom.geom_type in ("Polygon", "MultiPolygon"):
+                    out[j] = json.loads(shapely.to_geojson(geom))
+                elif not geom.is_empty:  # a collection: keep its polygonal parts
+                    parts = [
+                        g
+                        for g in shapely.get_parts(geom)
+                        if g.geom_type in ("Polygon", "MultiPolygon")
+                    ]
+                    if parts:
+                        out[j] = json.loads(shapely.to_geojson(shapely.union_all(parts)))
+        return out

@@ -5,7 +5,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv test test-fast test-slow lint demo clean
+.PHONY: venv test test-fast test-slow lint demo docs clean
 
 DEMO_OUT ?= demo_out
 
@@ -27,6 +27,10 @@ test-fast: lint
 
 test-slow: venv
 	$(PY) -m pytest -m slow --durations=0
+
+# The documentation site (docs/, mkdocs.yml) into site/; --strict: a broken link or reference fails.
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -d site
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -110,7 +110,7 @@ def _ci_repo(tmp_path: Path, recipe: str = SHOW_REQUIRED) -> Path:
     repo = tmp_path / "repo"
     (repo / ".ci").mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / ".ci" / "run", repo / ".ci" / "run")
-    (repo / "Makefile").write_text(f"test:\n\t{recipe}\n")
+    (repo / "Makefile").write_text(f"test:\n\t{recipe}\ndocs:\n\t@echo docs built\n")
     return repo
 
 

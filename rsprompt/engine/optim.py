@@ -1,6 +1,6 @@
 """Optimiser over trainable parameters only, and warm-up + cosine/poly learning-rate schedules.
 
-Weight-decay rules (METHODS.md): with ``no_decay_1d`` every parameter with fewer than 2
+Weight-decay rules (docs/training.md): with ``no_decay_1d`` every parameter with fewer than 2
 dimensions (biases, norms, MoBaNet's CPIA γ/β, 1-D prompts) gets weight decay 0; the others get
 ``weight_decay``. Per-group learning-rate multipliers (RPN: VPT tokens, the shared Linear, the
 prompt LayerNorm and the LPM head at 10×) are given as ``{pattern: factor}``: a parameter takes

@@ -10,7 +10,7 @@ Validity (one rule, :mod:`rsprompt.data.validity`): a band value is valid when i
 differs from the file's nodata value (a nodata value the file's data type cannot represent is
 ignored, with a warning); the file's internal mask is honoured. A scene pixel is valid when at least
 one band is; an alpha band is *not* treated as a mask (a 4-band uint8 image is usually RGB + NIR,
-see ENVIRONMENT.md). An aux pixel is valid when every band is, inside the aux's extent; the same
+see docs/datasets.md, ISPRS Potsdam). An aux pixel is valid when every band is, inside the aux's extent; the same
 rule holds for the reads on the scene's grid, the warped reads and the scene-wide statistics.
 
 Scenes and aux rasters may be north-up or south-up (positive pixel height); rotated geotransforms

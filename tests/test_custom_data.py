@@ -106,7 +106,7 @@ def two_images(root, *, size=64, origins=None):
 def tiny_train(tiny_method):
     """``tiny_train(out, data_args, steps)``: train the tiny method through ``rsprompt train``."""
 
-    def train(out, data_args, steps=2, patch=32):
+    def train(out, data_args, steps=2, patch=32, workers=0):
         args = [
             "--model.method",
             tiny_method,
@@ -122,7 +122,7 @@ def tiny_train(tiny_method):
             "--data.batch_size",
             "2",
             "--data.num_workers",
-            "0",
+            str(workers),
             "--data.length",
             str(2 * steps),
             "--trainer.max_steps",
@@ -1120,3 +1120,81 @@ def test_own_data_walkthrough_runs_as_written(tmp_path, monkeypatch):
     qml = (tmp_path / "maps" / "scene_3_pred.qml").read_text()
     assert all(f'label="{n}"' in qml for n in names)
     assert (tmp_path / "runs" / "mydata" / "eval_val" / "metrics.json").is_file()
+
+
+def test_optical_only_training_records_no_aux(tmp_path, tiny_train):
+    two_images(tmp_path)
+    ckpt = tiny_train(
+        tmp_path / "run",
+        [
+            "--data.root",
+            str(tmp_path),
+            "--data.images",
+            "scenes/*.tif",
+            "--data.labels",
+            "labels.gpkg",
+            "--data.label_field",
+            "landcover",
+            "--data.bands",
+            "[1,2,3]",
+            "--data.val",
+            "[s1]",
+        ],
+        workers=1,  # a worker process: the dataset (polygons, caches) is pickled to it
+    )
+    meta = torch.load(ckpt, weights_only=True)["meta"]
+    assert meta["aux_kind"] is None and meta["aux_channels"] == 0
+    assert meta["normalization"]["aux"] is None
+
+
+def test_square_filter_and_streamed_ndsm_statistics():
+    """The separable min/max filter (nDSM ground) equals a brute-force square filter."""
+    from rsprompt.data.normalize import _filter
+
+    x = np.random.default_rng(0).normal(size=(13, 17))
+    padded = np.pad(x, 2, mode="edge")
+    for op in (np.min, np.max):
+        brute = np.array([[op(padded[i : i + 5, j : j + 5]) for j in range(17)] for i in range(13)])
+        np.testing.assert_array_equal(_filter(x, 2, op), brute)
+
+
+def test_streamed_ndsm_ground_equals_the_whole_image_fit(tmp_path, monkeypatch):
+    """The nDSM ground fitted by row strips (from cached blocks) equals the whole-DSM fit."""
+    from rsprompt.data.datasets.custom import RasterScenes
+    from rsprompt.data.normalize import DSMNormalizer
+
+    two_images(tmp_path, size=64)
+    rng = np.random.default_rng(1)
+    dsm = (250 + rng.normal(0, 3, (64, 64))).astype(np.float32)
+    dsm[10:30, 5:25] += 12  # a building
+    # Half a pixel off the image grid: warped (in cached 16-px blocks), not read as it is.
+    shifted = (ORIGIN[0] - RES / 2, ORIGIN[1] + RES / 2)
+    write_raster(tmp_path / "dsm" / "s0_dsm.tif", dsm, origin=shifted)
+    write_raster(tmp_path / "dsm" / "s1_dsm.tif", dsm, origin=shifted)
+    monkeypatch.setattr(RasterScenes, "LABEL_BLOCK", 16)
+    dm = RasterDataModule(
+        tmp_path,
+        images="scenes/*.tif",
+        aux="dsm/{stem}_dsm.tif",
+        labels="labels.gpkg",
+        label_field="landcover",
+        val=["s1"],
+        patch_size=16,
+        scaling="meanstd",
+    )
+    norm = DSMNormalizer(mode="ndsm", window_m=6.0)
+    ds = dm.dataset("train")
+    from rasterio.enums import Resampling
+
+    from rsprompt.data.datasets._raster import Grid, read_on_grid
+
+    with rasterio.open(tmp_path / "dsm" / "s0_dsm.tif") as src:
+        dgrid = Grid(src.crs, src.transform, src.width, src.height)
+        warped, ok = read_on_grid(
+            src, dgrid, ds.images[0].grid, [1], Resampling.bilinear, np.nan, valid_only=True
+        )
+    assert ok[:-1, :-1].all()  # the last row and column lie beyond the DSM's pixel centres
+    whole = norm.fit(warped[0], ok, res=RES)  # the whole DSM warped at once
+    streamed = ds._fit_aux(0, norm)
+    assert streamed["cell"] == whole["cell"] == 2  # 1 m cells of 0.5 m pixels
+    np.testing.assert_allclose(streamed["ground"], np.asarray(whole["ground"]), rtol=1e-6)

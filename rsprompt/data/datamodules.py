@@ -793,7 +793,7 @@ class RasterDataModule(MultimodalDataModule):
                 labels=self.label_source,
                 classes=self.label_source.table,
                 aux=[self.aux_paths[k] for k in positions],
-                aux_kind=self._aux_kind or "dsm",
+                aux_kind=self._aux_kind,
                 aux_bands=self.aux_band_list,
                 bands=self.band_list,
                 normalization=self.normalization,

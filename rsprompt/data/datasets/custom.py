@@ -284,7 +284,7 @@ class RasterScenes(MultimodalTileDataset):
         labels: Vector or raster labels (``None``: unlabelled, masks all ignored).
         classes: The class table.
         aux: For each image, its aux raster (``None``: missing, served as zeros, validity 0).
-        aux_kind: ``dsm`` or ``sar``.
+        aux_kind: ``dsm``, ``sar`` or ``None`` (no aux raster).
         aux_bands: 1-based aux bands to read (``None``: all).
         bands: 1-based optical bands to read.
         normalization: Per-modality normalisation (``None``: raw values).
@@ -295,6 +295,8 @@ class RasterScenes(MultimodalTileDataset):
     """
 
     dataset_name = "custom"
+    #: Set per instance: ``dsm``, ``sar`` or ``None`` when the images come without aux raster.
+    aux_kind = None  # type: ignore[assignment]
 
     def __init__(
         self,
@@ -304,7 +306,7 @@ class RasterScenes(MultimodalTileDataset):
         labels: Labels | None,
         classes: ClassTable,
         aux: Sequence[Path | None] | None = None,
-        aux_kind: str = "dsm",
+        aux_kind: str | None = None,
         aux_bands: Sequence[int] | None = None,
         bands: Sequence[int],
         normalization: Normalization | None = None,
@@ -457,21 +459,7 @@ class RasterScenes(MultimodalTileDataset):
     def _read_aux(
         self, position: int, real: Grid, off: tuple[int, int], covered: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        tile, ag = self.tiles[position], self.aux_grids[position]
-        assert tile.aux is not None and ag is not None
-        if _aligned_offset(ag, real) is not None:  # on the image's pixel grid: a window read
-            raw, acov = read_on_grid(
-                self._open(tile.aux),
-                ag,
-                real,
-                self.aux_bands,
-                Resampling.bilinear,
-                np.nan,
-                valid_only=True,
-            )
-        else:
-            raw, acov = self._warped_aux(position, real, off)
-        raw = raw.astype(np.float32)
+        raw, acov = self._aux_raw(position, real, off)
         valid = acov & covered
         norm = self.normalization.aux if self.normalization is not None else None
         if norm is not None:
@@ -482,6 +470,25 @@ class RasterScenes(MultimodalTileDataset):
     #: Side (pixels) of the blocks polygons are rasterised in, and the bytes of blocks kept.
     LABEL_BLOCK = 256
     LABEL_CACHE_BYTES = 64 << 20
+
+    def _aux_raw(
+        self, position: int, real: Grid, off: tuple[int, int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Raw aux values on a window (float32, NaN where invalid) and their validity."""
+        tile, ag = self.tiles[position], self.aux_grids[position]
+        assert tile.aux is not None and ag is not None
+        if _aligned_offset(ag, real) is None:  # another grid: warped, in cached blocks
+            return self._warped_aux(position, real, off)
+        raw, acov = read_on_grid(
+            self._open(tile.aux),
+            ag,
+            real,
+            self.aux_bands,
+            Resampling.bilinear,
+            np.nan,
+            valid_only=True,
+        )
+        return raw.astype(np.float32, copy=False), acov
 
     def _read_labels(self, position: int, real: Grid, off: tuple[int, int]) -> np.ndarray:
         assert self.labels is not None
@@ -652,8 +659,6 @@ class RasterScenes(MultimodalTileDataset):
     def _fit_aux(self, position: int, norm: Any) -> dict[str, Any]:
         img = self.images[position]
         g = img.grid
-        src = self._open(self.tiles[position].aux)
-        ag = self.aux_grids[position]
         ndsm = getattr(norm, "mode", None) == "ndsm"
         cell = max(1, round(norm.cell_m / img.pixel_m)) if ndsm else 1
         strip = max(1, 512 // cell) * cell
@@ -662,9 +667,7 @@ class RasterScenes(MultimodalTileDataset):
         for r in range(0, g.height, strip):
             h = min(strip, g.height - r)
             part = Grid(g.crs, g.transform @ Affine.translation(0, r), g.width, h)
-            raw, ok = read_on_grid(
-                src, ag, part, self.aux_bands, Resampling.bilinear, np.nan, valid_only=True
-            )
+            raw, ok = self._aux_raw(position, part, (r, 0))
             if self._may_lack_data(position):
                 ok &= self._read_optical(position, part, (r, 0))[1]
             band = raw[0].astype(np.float64)

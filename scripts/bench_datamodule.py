@@ -69,7 +69,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=0)
-    parser.add_argument("--out", type=Path, help="Keep the generated data here.")
+    parser.add_argument(
+        "--out", type=Path, help="Keep the generated data here (reused when already there)."
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
 
@@ -82,13 +84,21 @@ def main() -> None:
     train_tiles = [t for t in WHU_OPT_SAR_TRAIN if t not in WHU_OPT_SAR_TRAIN[9::10]]
     tiles = (*train_tiles[: args.count], WHU_OPT_SAR_TRAIN[9], WHU_OPT_SAR_TEST[0])
     t0 = time.perf_counter()
-    write_layout(root / "whu", "whu-opt-sar", tiles=tiles, size=args.size, overwrite=True)
-    common = {"count": args.count + 1, "size": args.size, "kind": "whu-opt-sar", "dtype": "uint8"}
-    write_custom(root / "own", overwrite=True, **common)
-    write_custom(
-        root / "own_warped", aux_crs="EPSG:32650", aux_resolution=10.0, overwrite=True, **common
-    )
-    print(f"data written under {root} in {time.perf_counter() - t0:.1f} s")
+    if not (args.out and (root / "own_warped" / "labels.gpkg").is_file()):
+        write_layout(root / "whu", "whu-opt-sar", tiles=tiles, size=args.size, overwrite=True)
+        common = {
+            "count": args.count + 1,
+            "size": args.size,
+            "kind": "whu-opt-sar",
+            "dtype": "uint8",
+        }
+        write_custom(root / "own", overwrite=True, **common)
+        write_custom(
+            root / "own_warped", aux_crs="EPSG:32650", aux_resolution=10.0, overwrite=True, **common
+        )
+        print(f"data written under {root} in {time.perf_counter() - t0:.1f} s")
+    else:
+        print(f"data already under {root} (same --size and --count assumed)")
     loader = {
         "patch_size": args.patch,
         "batch_size": args.batch,

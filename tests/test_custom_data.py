@@ -421,12 +421,24 @@ def test_named_val_and_test_images(tmp_path):
             r"aux raster .*dsm/s0\.tif \(for image .*s0\.tif\): file not found",
         ),
         ({"images": "none/*.tif"}, r"images: no file matches 'none/\*\.tif'"),
+        ({"labels": "two.gpkg"}, r"labels .*two\.gpkg has 2 layers \(a, b\): choose one"),
+        ({"labels": "two.gpkg", "label_layer": "c"}, r"two\.gpkg has no layer 'c'"),
+        ({"labels": "lbl/{stem}.gpkg"}, r"one vector file per image is not supported"),
+        ({"labels": "bad/{stem}.tif"}, r"label raster .*bad/s0\.tif: not a readable raster"),
+        ({"background": "land", "labels": "bad/{stem}.tif"}, r"background applies to vector"),
     ],
 )
 def test_clear_errors_name_the_file(tmp_path, change, message):
     two_images(tmp_path)
     far = ORIGIN[0] + 50_000, ORIGIN[1]
     write_polygons(tmp_path / "far.gpkg", [({"landcover": "x"}, pix_box(0, 0, 9, 9, far))])
+    for layer in ("a", "b"):
+        write_polygons(
+            tmp_path / "two.gpkg", [({"landcover": "x"}, pix_box(0, 0, 9, 9))], layer=layer
+        )
+    (tmp_path / "bad").mkdir()
+    for stem in ("s0", "s1"):
+        (tmp_path / "bad" / f"{stem}.tif").write_text("not a raster")
     kwargs = {
         "images": "scenes/*.tif",
         "labels": "labels.gpkg",

@@ -616,6 +616,11 @@ class RasterDataModule(MultimodalDataModule):
             path = Path(str(labels)).expanduser()
             path = path if path.is_absolute() else self.root / path
             return VectorLabels(path, field, layer=layer, classes=classes, background=background)
+        if is_vector(labels):
+            raise CustomDataError(
+                f"labels {labels}: one vector file per image is not supported; merge them into "
+                "one file (QGIS: Vector → Data Management Tools → Merge Vector Layers)"
+            )
         if background is not None:
             raise CustomDataError("background applies to vector labels (polygons) only")
         return RasterLabels(

@@ -557,7 +557,12 @@ class RasterLabels:
         for img, p in zip(images, self.paths, strict=True):
             if not p.is_file():
                 raise CustomDataError(f"label raster {p} (for image {img}): file not found")
-        self.infos = {str(p): raster_info(p) for p in set(self.paths)}
+        self.infos = {}
+        for p in dict.fromkeys(self.paths):
+            try:
+                self.infos[str(p)] = raster_info(p)
+            except Exception as exc:  # RasterioIOError and friends
+                raise CustomDataError(f"label raster {p}: not a readable raster ({exc})") from None
         pairs = parse_classes(classes)
         if pairs is None:
             top = max(self._max_value(p) for p in set(self.paths))

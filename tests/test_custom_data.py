@@ -1210,3 +1210,26 @@ def test_streamed_ndsm_ground_equals_the_whole_image_fit(tmp_path, monkeypatch):
     streamed = ds._fit_aux(0, norm)
     assert streamed["cell"] == whole["cell"] == 2  # 1 m cells of 0.5 m pixels
     np.testing.assert_allclose(streamed["ground"], np.asarray(whole["ground"]), rtol=1e-6)
+
+
+def test_image_nodata_is_ignored_in_masks_and_statistics(tmp_path):
+    data = uint16_image(0, (3, 40, 40))
+    data[:, :10, :] = 0  # the top 10 rows are nodata (0 in every band)
+    write_raster(tmp_path / "scenes" / "a.tif", data, nodata=0)
+    write_polygons(tmp_path / "l.gpkg", [({"landcover": "water"}, pix_box(0, 0, 40, 40))])
+    dm = RasterDataModule(
+        tmp_path,
+        images="scenes/*.tif",
+        labels="l.gpkg",
+        label_field="landcover",
+        split="spatial",
+        block_size=20,
+        patch_size=8,
+        scaling="meanstd",
+    )
+    valid = data[:, 10:, :].reshape(3, -1).astype(np.float64)
+    np.testing.assert_allclose(dm.normalization.optical.mean, valid.mean(axis=1), rtol=1e-9)
+    for split in ("train", "val"):
+        tile = dm.dataset(split).read_tile(0)
+        assert (tile["mask"][:10] == IGNORE_INDEX).all()
+        assert (tile["image"][:, :10] == 0).all()

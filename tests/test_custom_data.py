@@ -452,12 +452,6 @@ def test_clear_errors_name_the_file(tmp_path, change, message):
         RasterDataModule(tmp_path, **kwargs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs rsprompt/commands/train.py to look for CustomDataError in the exception chain "
-    "(jsonargparse wraps it in 'Does not validate against any of the Union subtypes'); remove "
-    "this marker with that change",
-)
 def test_train_command_errors_are_one_line(tmp_path, tiny_method):
     """`rsprompt train` shows the datamodule's own error (naming the file), not jsonargparse's."""
     two_images(tmp_path)

@@ -50,6 +50,7 @@ def train(args: tuple[str, ...]) -> None:
     Writes model.ckpt (for evaluate/predict), checkpoints/last.ckpt (resume) and
     val_metrics.json under --trainer.default_root_dir.
     """
+    from rsprompt.data.datasets.custom_labels import CustomDataError
     from rsprompt.engine.checkpoint import CheckpointError
     from rsprompt.engine.cli_train import run_train
     from rsprompt.engine.task import WeightsNotFoundError
@@ -58,10 +59,12 @@ def train(args: tuple[str, ...]) -> None:
         result = run_train(list(args))
     except (CheckpointError, ValueError, FloatingPointError, OSError) as exc:
         # OSError: missing files, read-only or full disks, raster read errors (RasterioIOError)
-        found = _find(exc, (WeightsNotFoundError, CheckpointError)) or exc
+        found = _find(exc, (WeightsNotFoundError, CheckpointError, CustomDataError)) or exc
         raise click.ClickException(_one_line(found)) from None
     except Exception as exc:  # jsonargparse wraps errors raised while instantiating classes
-        found = _find(exc, (WeightsNotFoundError, CheckpointError, FileNotFoundError))
+        found = _find(
+            exc, (WeightsNotFoundError, CheckpointError, CustomDataError, FileNotFoundError)
+        )
         if found is None:
             raise
         raise click.ClickException(_one_line(found)) from None

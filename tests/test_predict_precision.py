@@ -85,16 +85,12 @@ def test_library_resolves_auto_and_keeps_outputs_float32(trained, tmp_path, monk
     assert total.min() >= 250 and total.max() <= 260  # probabilities still sum to 255
 
 
-@pytest.mark.parametrize(
-    "native, expected",
-    [
-        # bf16 is emulated (slow) on CPUs without it: the faked-native case is a slow test
-        pytest.param(True, "bf16", marks=pytest.mark.slow),
-        (False, "32"),
-    ],
-)
-def test_demo_reports_its_precision(tmp_path, monkeypatch, native, expected):
+def test_demo_reports_its_precision(tmp_path, monkeypatch):
+    """The fp32 case (bf16 training is emulated, slow, on CPUs without it; the bf16 code paths
+    are covered by test_train_precision.py and the predict tests above)."""
     from rsprompt.demo import TINY_SETTINGS, run_demo
+
+    native, expected = False, "32"
 
     monkeypatch.setattr(prec, "cpu_has_native_bf16", lambda: native)
     lines = []

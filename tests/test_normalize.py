@@ -142,21 +142,3 @@ def test_missing_aux_and_serialisation_roundtrip():
         Normalization.from_dict({"optical": OpticalNormalizer().to_dict(), "aux": {"kind": "x"}})
     with pytest.raises(ValueError, match="mode"):
         DSMNormalizer(mode="bogus")  # type: ignore[arg-type]
-
-
-def test_streaming_minmax_equals_whole_scene_fit(rng):
-    dsm = (rng.random((64, 80)) * 50 + 250).astype(np.float32)
-    dsm[:5, :5] = np.nan
-    valid = np.ones_like(dsm, bool)
-    valid[60:, 70:] = False
-    dsm[60:, 70:] = 1e6  # outside the validity mask: must not count
-    norm = DSMNormalizer(mode="minmax")
-    windows = [
-        (dsm[r : r + 16, c : c + 20], valid[r : r + 16, c : c + 20])
-        for r in range(0, 64, 16)
-        for c in range(0, 80, 20)
-    ]
-    assert norm.fit_stream(windows) == norm.fit(dsm, valid)
-    assert norm.fit_stream([]) == {"min": 0.0, "max": 0.0}
-    with pytest.raises(ValueError, match="minmax"):
-        DSMNormalizer(mode="ndsm").fit_stream(windows)

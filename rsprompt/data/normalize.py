@@ -25,7 +25,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -502,28 +502,6 @@ class DSMNormalizer(AuxNormalizer):
             grid, cell = ground_estimate(arr, okk, res, self.cell_m, self.window_m)
             return {"ground": grid.astype(np.float32).tolist(), "cell": cell}
         return {}
-
-    def fit_stream(self, windows: Iterable[tuple[Array, Array | None]]) -> dict[str, Any]:
-        """Min–max statistics from a stream of ``(values, valid)`` windows of one scene.
-
-        Scene prediction reads a scene window by window (a streaming pre-pass); the result equals
-        :meth:`fit` on the whole scene.
-
-        Raises:
-            ValueError: If the mode is not ``minmax`` (nDSM needs the whole tile, ``global``
-                needs no statistics).
-        """
-        if self.mode != "minmax":
-            raise ValueError(f"fit_stream supports the minmax mode only, not {self.mode!r}")
-        lo, hi = math.inf, -math.inf
-        for values, valid in windows:
-            x = _as_chw(values)
-            v = _valid_values(x, _valid_of(x, valid, self.nodata))
-            if v.size:
-                lo, hi = min(lo, float(v.min())), max(hi, float(v.max()))
-        if lo > hi:
-            return {"min": 0.0, "max": 0.0}
-        return {"min": lo, "max": hi}
 
     def fit_global(self, arrays: list[Array]) -> DSMNormalizer:
         """Return a ``global``-mode copy with mean/std over the valid pixels of ``arrays``."""

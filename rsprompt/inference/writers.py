@@ -705,7 +705,6 @@ def to_cog(
     *,
     overview_resampling: str = "mode",
     compress: str = "DEFLATE",
-    predictor: bool = False,
 ) -> None:
     """Copy ``src`` to a Cloud-Optimised GeoTIFF ``dst`` (512 tiles, internal overviews).
 
@@ -714,7 +713,6 @@ def to_cog(
         dst: Output path.
         overview_resampling: ``nearest`` or ``mode`` for classes, ``average`` for probabilities.
         compress: ``DEFLATE`` or ``ZSTD``.
-        predictor: Use the horizontal-differencing predictor (for continuous data).
     """
     opts = {
         "driver": "COG",
@@ -725,8 +723,6 @@ def to_cog(
         "bigtiff": "IF_SAFER",
         "num_threads": "2",
     }
-    if predictor:
-        opts["predictor"] = "YES"
     with rasterio.open(src) as ds:
         rasterio.shutil.copy(ds, dst, **opts)
 

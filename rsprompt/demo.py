@@ -35,7 +35,12 @@ import numpy as np
 import torch
 
 from rsprompt.data.labels import ISPRS_CLASSES
-from rsprompt.engine.precision import autocast, cpu_has_native_bf16, resolve_precision
+from rsprompt.engine.precision import (
+    autocast,
+    cpu_has_native_bf16,
+    resolve_precision,
+    trainer_precision,
+)
 
 #: The frozen encoder of the demo: the one real pretrained encoder available offline.
 DEMO_ENCODER = "tf_efficientnet_lite0"
@@ -274,7 +279,7 @@ def _train(
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=1,
-        precision={"32": "32-true", "bf16": "bf16-mixed"}[precision],
+        precision=trainer_precision(precision, "cpu"),
         max_steps=steps,
         max_epochs=1,
         # The probe's estimate drifts by ±30% on a shared CPU: the budget is a hard stop.

@@ -86,3 +86,9 @@ def test_autocast_runs_the_forward_in_bf16_and_32_untouched():
         assert lin(x).dtype == torch.bfloat16
     with prec.autocast("cpu", "32"):
         assert lin(x).dtype == torch.float32
+
+
+def test_cli_choices_are_the_engines():
+    from rsprompt.commands._options import PRECISION_CHOICES
+
+    assert PRECISION_CHOICES == prec.PRECISIONS

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from rsprompt.commands._options import precision_option
+
 
 @click.command("demo")
 @click.option(
@@ -27,12 +29,9 @@ import click
 @click.option("--tiny", is_flag=True, help="A tiny setting that runs in seconds (for smoke tests).")
 @click.option("--overwrite", is_flag=True, help="Replace the outputs of an earlier demo run.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
-@click.option(
-    "--precision",
-    type=click.Choice(["auto", "32", "bf16"]),
-    default="auto",
-    show_default=True,
-    help="Training and prediction precision; auto = bf16 where the CPU computes it natively.",
+@precision_option(
+    "Training and prediction precision; auto = bf16 where the CPU computes it natively.",
+    choices=("auto", "32", "bf16"),
 )
 def demo(
     out_dir: Path,

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from rsprompt.commands._options import device_option, precision_option
+
 
 @click.command("evaluate")
 @click.option(
@@ -57,19 +59,8 @@ import click
     type=click.Choice(["full", "eroded"]),
     help="ISPRS label variant to score against [default: as trained].",
 )
-@click.option(
-    "--device",
-    default="auto",
-    show_default=True,
-    help="Device: auto (cuda when available), cpu, cuda, cuda:N or mps.",
-)
-@click.option(
-    "--precision",
-    type=click.Choice(["auto", "32", "bf16", "16"]),
-    default="auto",
-    show_default=True,
-    help="Forward-pass precision; auto = bf16 where the CPU/GPU computes it natively.",
-)
+@device_option
+@precision_option("Forward-pass precision; auto = bf16 where the CPU/GPU computes it natively.")
 @click.option(
     "-o",
     "--output",

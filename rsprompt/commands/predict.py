@@ -27,6 +27,8 @@ from typing import Any
 
 import click
 
+from rsprompt.commands._options import device_option, precision_option
+
 #: Process settings of a prediction run, set (when absent) while the command runs:
 #: - ``OMP_WAIT_POLICY``: idle OpenMP threads of torch must not spin against the reader/writer
 #:   threads (on a 2-core machine spinning made the forward pass 3× slower); effective only
@@ -415,19 +417,10 @@ def _predict_all(
 @click.option("--probabilities", help="Also write per-class probabilities (uint8 GeoTIFF, .tif).")
 @click.option("--vectors", help="Also write class polygons (GeoPackage, .gpkg).")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs (and their sidecars).")
-@click.option(
-    "--device",
-    default="auto",
-    show_default=True,
-    help="Torch device: auto (cuda when available, else cpu), cpu, cuda, cuda:N, mps.",
-)
-@click.option(
-    "--precision",
-    type=click.Choice(["auto", "32", "bf16", "16"]),
-    default="auto",
-    show_default=True,
-    help="Forward-pass precision; auto = bf16 where the CPU (AVX-512 BF16/AMX) or GPU computes "
-    "it natively, else 32. The map, probabilities and blending stay float32/uint8.",
+@device_option
+@precision_option(
+    "Forward-pass precision; auto = bf16 where the CPU (AVX-512 BF16/AMX) or GPU computes "
+    "it natively, else 32. The map, probabilities and blending stay float32/uint8."
 )
 @click.option("--classes", help='Class names for open-vocabulary checkpoints: "name1,name2,…".')
 @click.option("--palette", help="Colours: a dataset name, '#rrggbb,#rrggbb,…' or a file of those.")

@@ -557,46 +557,49 @@ class RasterScenes(MultimodalTileDataset):
         assert out is not None
         return out, covered
 
-    def _aux_block(self, position: int, br: int, bc: int) -> tuple[np.ndarray, np.ndarray]:
-        cache = self.__dict__.setdefault("_aux_blocks", OrderedDict())
-        key = (position, br, bc)
+    def _block_grid(self, position: int, br: int, bc: int) -> Grid:
+        """The grid of block ``(br, bc)`` (``LABEL_BLOCK`` px square) of image ``position``."""
+        b = self.LABEL_BLOCK
+        g = self.images[position].grid
+        return Grid(g.crs, g.transform @ Affine.translation(bc * b, br * b), b, b)
+
+    def _cached(self, name: str, key: tuple[int, int, int], make: Any, budget: int) -> Any:
+        """``make()`` cached in the LRU ``name``, keeping its blocks within ``budget`` bytes."""
+        cache = self.__dict__.setdefault(name, OrderedDict())
         if key in cache:
             cache.move_to_end(key)
             return cache[key]
-        b = self.LABEL_BLOCK
-        g = self.images[position].grid
-        grid = Grid(g.crs, g.transform @ Affine.translation(bc * b, br * b), b, b)
-        tile, ag = self.tiles[position], self.aux_grids[position]
-        assert tile.aux is not None and ag is not None
-        raw, ok = read_on_grid(
-            self._open(tile.aux),
-            ag,
-            grid,
-            self.aux_bands,
-            Resampling.bilinear,
-            np.nan,
-            valid_only=True,
-        )
-        cache[key] = (raw.astype(np.float32, copy=False), ok)
-        while len(cache) * b * b * (4 * raw.shape[0] + 1) > self.AUX_CACHE_BYTES:
+        value, nbytes = make()
+        cache[key] = value
+        while len(cache) * nbytes > budget:
             cache.popitem(last=False)
-        return cache[key]
+        return value
+
+    def _aux_block(self, position: int, br: int, bc: int) -> tuple[np.ndarray, np.ndarray]:
+        def make() -> tuple[tuple[np.ndarray, np.ndarray], int]:
+            tile, ag = self.tiles[position], self.aux_grids[position]
+            assert tile.aux is not None and ag is not None
+            raw, ok = read_on_grid(
+                self._open(tile.aux),
+                ag,
+                self._block_grid(position, br, bc),
+                self.aux_bands,
+                Resampling.bilinear,
+                np.nan,
+                valid_only=True,
+            )
+            size = self.LABEL_BLOCK**2 * (4 * raw.shape[0] + 1)
+            return (raw.astype(np.float32, copy=False), ok), size
+
+        return self._cached("_aux_blocks", (position, br, bc), make, self.AUX_CACHE_BYTES)
 
     def _label_block(self, position: int, br: int, bc: int) -> np.ndarray:
-        cache = self.__dict__.setdefault("_blocks", OrderedDict())
-        key = (position, br, bc)
-        if key in cache:
-            cache.move_to_end(key)
-            return cache[key]
-        b = self.LABEL_BLOCK
-        g = self.images[position].grid
-        grid = Grid(g.crs, g.transform @ Affine.translation(bc * b, br * b), b, b)
-        assert isinstance(self.labels, VectorLabels)
-        block = self.labels.rasterize(grid)
-        cache[key] = block
-        while len(cache) * b * b > self.LABEL_CACHE_BYTES:
-            cache.popitem(last=False)
-        return block
+        def make() -> tuple[np.ndarray, int]:
+            assert isinstance(self.labels, VectorLabels)
+            block = self.labels.rasterize(self._block_grid(position, br, bc))
+            return block, self.LABEL_BLOCK**2
+
+        return self._cached("_blocks", (position, br, bc), make, self.LABEL_CACHE_BYTES)
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()

@@ -34,7 +34,10 @@ def mit_b5() -> torch.nn.Module:
     ("num_classes", "trainable", "decoder"), [(41, 7_146_271, 3_271_877), (6, 7_140_986, 3_266_592)]
 )
 def test_paper_counts(mit_b5, num_classes: int, trainable: int, decoder: int) -> None:
-    """METHODS.md §2: the parameter counts of the paper configuration, exactly."""
+    """The paper configuration's parameter counts, exactly.
+
+    Derived in docs/methods/dplnet.md, "Parameter counts" and its "Derivations".
+    """
     report = DPLNet(mit_b5, "mit_b5", num_classes, 1).parameter_report()
     assert report["frozen"] == 81_443_008
     assert report["trainable"] == trainable

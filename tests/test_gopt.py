@@ -1,4 +1,4 @@
-"""Tests of GoPT (rsprompt's reconstruction, METHODS.md §3)."""
+"""Tests of GoPT (rsprompt's reconstruction; spec: docs/methods/gopt.md)."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from rsprompt.models.registry import available_methods, build_model
 
 TINY_VIT = {"encoder_kwargs": {"depth": 4, "embed_dim": 32, "num_heads": 2, "img_size": 56}}
 
-# METHODS.md §1, measured from the released code (K = 6).
+# docs/methods/mobanet.md, "Parameter counts" (K = 6), each derived in its "Derivations".
 PAPER = {
     "vit_small_patch14_dinov2": {
         "frozen": 22_056_192,
@@ -388,6 +388,7 @@ def test_builds_and_trains_on_hierarchical_and_cnn_encoders(encoder, kw):
 
 
 def test_paper_size_mit_b5_counts():
+    """MiT-B5: frozen count derived in docs/methods/dplnet.md, decoder in docs/methods/mobanet.md."""
     report = build_model("mobanet", "mit_b5", 6, device="meta").parameter_report()
     assert report["frozen"] == 81_443_008
     assert report["modules"]["decoder"] == 669_568

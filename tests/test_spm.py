@@ -1,4 +1,4 @@
-"""Tests of SPM (rsprompt's reconstruction, METHODS.md §4)."""
+"""Tests of SPM (rsprompt's reconstruction; spec: docs/methods/spm.md)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,10 @@ def one_thread():
 
 
 def expected_prompt(widths: list[int], k: int, a: int, m: int = M) -> int:
-    """Matcher parameters of METHODS.md §4 for stage widths ``widths`` (last stage unprompted)."""
+    """Matcher parameters for stage widths ``widths`` (last stage unprompted).
+
+    The per-stage table of docs/methods/spm.md, "Parameter budget", section "Derivation".
+    """
     per_stage = 0
     for c in widths[:-1]:
         per_stage += c * k + k  # interim semantic map

@@ -7,15 +7,21 @@ all names are given and the metrics are reported separately:
 - mIoU over the seen classes, mIoU over the unseen classes,
 - hIoU = harmonic mean of the two: ``2·s·u / (s + u)``.
 
-Typical use::
+The training task (:class:`rsprompt.engine.task.SegmentationTask`) splits the classes with
+:func:`split_classes` and relabels each batch with :func:`to_seen_targets`; the metrics
+(:func:`rsprompt.engine.metrics.metrics_from_confusion` with ``seen``/``unseen``) report the
+seen/unseen mIoU and their :func:`harmonic_mean`.
 
-    seen, unseen = split_classes(names, unseen=["car", "tree"])
-    train_target = to_seen_targets(target, seen)          # labels in 0..S-1, unseen → 255
-    model.set_vocabulary([names[i] for i in seen])        # training vocabulary
-    ...
-    model.set_vocabulary(names)                           # test vocabulary: all classes
-    cm = confusion_matrix(pred, target, len(names))
-    zero_shot_metrics(cm, seen, unseen)   # {"miou_seen": …, "miou_unseen": …, "hiou": …}
+Example:
+    >>> import torch
+    >>> names = ["road", "building", "tree", "car"]
+    >>> seen, unseen = split_classes(names, unseen=["car"])
+    >>> seen, unseen
+    ([0, 1, 2], [3])
+    >>> to_seen_targets(torch.tensor([0, 3, 2, 255]), seen, num_classes=4).tolist()
+    [0, 255, 2, 255]
+    >>> round(harmonic_mean(0.6, 0.3), 4)
+    0.4
 """
 
 from __future__ import annotations
@@ -56,20 +62,6 @@ def split_classes(names: Sequence[str], unseen: Sequence[str | int]) -> tuple[li
     if not seen:
         raise ValueError("every class is unseen: at least one seen class is needed for training")
     return seen, sorted(ids)
-
-
-def mask_unseen(
-    target: Tensor, unseen_ids: Sequence[int], ignore_index: int = IGNORE_INDEX
-) -> Tensor:
-    """Return a copy of ``target`` with the pixels of unseen classes set to ``ignore_index``.
-
-    Class indices stay those of the full vocabulary.
-    """
-    out = target.clone()
-    if len(unseen_ids):
-        ids = torch.as_tensor(list(unseen_ids), dtype=target.dtype, device=target.device)
-        out[torch.isin(target, ids)] = ignore_index
-    return out
 
 
 def seen_label_map(
@@ -115,63 +107,8 @@ def to_seen_targets(
     return out.to(target.dtype)
 
 
-def confusion_matrix(
-    pred: Tensor, target: Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX
-) -> Tensor:
-    """``K×K`` int64 confusion matrix (rows = target, columns = prediction), ignore excluded.
-
-    Raises:
-        ValueError: Shapes differ.
-    """
-    if pred.shape != target.shape:
-        raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
-    p = pred.reshape(-1).long()
-    t = target.reshape(-1).long()
-    keep = (t != ignore_index) & (t >= 0) & (t < num_classes) & (p >= 0) & (p < num_classes)
-    idx = t[keep] * num_classes + p[keep]
-    return torch.bincount(idx, minlength=num_classes * num_classes).reshape(
-        num_classes, num_classes
-    )
-
-
-def iou_per_class(cm: Tensor) -> Tensor:
-    """IoU of every class from a confusion matrix; NaN for classes absent from target and pred."""
-    cm = cm.double()
-    tp = cm.diagonal()
-    union = cm.sum(0) + cm.sum(1) - tp
-    return torch.where(union > 0, tp / union.clamp_min(1), torch.full_like(tp, float("nan")))
-
-
-def _nanmean(x: Tensor) -> float:
-    x = x[~torch.isnan(x)]
-    return float(x.mean()) if x.numel() else float("nan")
-
-
 def harmonic_mean(a: float, b: float) -> float:
     """``2ab/(a+b)`` (0 when both are 0, NaN when either is NaN)."""
     if a != a or b != b:  # NaN
         return float("nan")
     return 0.0 if a + b == 0 else 2 * a * b / (a + b)
-
-
-def zero_shot_metrics(
-    cm: Tensor, seen_ids: Sequence[int], unseen_ids: Sequence[int]
-) -> dict[str, float | list[float]]:
-    """Return mIoU over seen classes, mIoU over unseen classes, their harmonic mean and mIoU.
-
-    Classes that occur neither in the targets nor in the predictions (NaN IoU) are left out of
-    the means.
-
-    Returns:
-        ``{"miou_seen", "miou_unseen", "hiou", "miou", "iou"}`` (``iou``: per-class list).
-    """
-    iou = iou_per_class(cm)
-    seen = _nanmean(iou[list(seen_ids)]) if len(seen_ids) else float("nan")
-    unseen = _nanmean(iou[list(unseen_ids)]) if len(unseen_ids) else float("nan")
-    return {
-        "miou_seen": seen,
-        "miou_unseen": unseen,
-        "hiou": harmonic_mean(seen, unseen),
-        "miou": _nanmean(iou),
-        "iou": iou.tolist(),
-    }

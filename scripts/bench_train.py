@@ -15,13 +15,18 @@ in one step (saved activations: deterministic, unlike the RSS on a shared machin
 
 ``--precision`` runs forward and loss under autocast (``auto`` resolves as ``rsprompt``:
 bf16 where the hardware has it); ``--checkpoint-frozen`` recomputes the frozen encoder's blocks in
-the backward pass (prompt tuning only: full fine-tuning has no frozen part).
+the backward pass (prompt tuning only: full fine-tuning has no frozen part). ``--frozen-bf16``
+stores the frozen parameters and buffers in bfloat16 while the trainable modules stay float32
+(prompt tuning only; needs ``--precision bf16``, since autocast casts each op's inputs to one
+dtype); it also reports how far that step's loss and gradients are from the float32-stored one.
 
 Example::
 
     python scripts/bench_train.py --method mobanet --encoder resnet18 --size 128 --batch 4
     python scripts/bench_train.py --method mobanet --encoder vit_small_patch14_dinov2 --size 266 \
         --batch 4 --precision bf16 --checkpoint-frozen
+    python scripts/bench_train.py --method mobanet --encoder vit_small_patch14_dinov2 --size 266 \
+        --batch 4 --precision bf16 --frozen-bf16 --device cuda
     python scripts/bench_train.py --method dplnet --encoder mit_b0 --size 256 --batch 4
     python scripts/bench_train.py --method gopt --encoder vit_base_patch16_224 --device cuda
 """
@@ -80,6 +85,56 @@ def _saved_bytes(model: Any, image: Any, aux: Any, target: Any, dev: Any, precis
     return sum(sizes.values())
 
 
+def _store_frozen_bf16(model: Any) -> int:
+    """Cast every module whose own parameters are all frozen to bfloat16; returns the count.
+
+    Trainable modules (prompts, adapters, decoder) and their buffers stay float32.
+    """
+    import torch
+
+    cast = 0
+    for module in model.modules():
+        own = list(module.parameters(recurse=False))
+        if own and not any(p.requires_grad for p in own):
+            for p in own:
+                p.data = p.data.to(torch.bfloat16)
+            for name, b in module.named_buffers(recurse=False):
+                if b.is_floating_point():
+                    setattr(module, name, b.to(torch.bfloat16))
+            cast += 1
+    return cast
+
+
+def _grad_error(model: Any, image: Any, aux: Any, target: Any, dev: Any, precision: str) -> dict:
+    """Loss and gradient of one step with float32-stored versus bf16-stored frozen weights."""
+    import copy
+
+    import torch
+
+    def grads(m: Any) -> tuple[float, list[Any]]:
+        torch.manual_seed(1)  # same random masks/dropout in both steps
+        loss = _step(m, image, aux, target, dev, precision)
+        loss.backward()
+        out = [p.grad.detach().float().clone() for p in m.parameters() if p.requires_grad]
+        m.zero_grad(set_to_none=True)
+        return float(loss), out
+
+    ref_loss, ref = grads(model)
+    low = copy.deepcopy(model)
+    cast = _store_frozen_bf16(low)
+    loss, got = grads(low)
+    num = sum(float((a - b).norm() ** 2) for a, b in zip(got, ref, strict=True)) ** 0.5
+    den = sum(float(b.norm() ** 2) for b in ref) ** 0.5
+    del low
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    return {
+        "modules": cast,
+        "loss_delta": abs(loss - ref_loss),
+        "grad_rel_error": num / max(den, 1e-30),
+    }
+
+
 def _run(mode: str, args: argparse.Namespace, queue: Any) -> None:
     import torch
 
@@ -107,6 +162,10 @@ def _run(mode: str, args: argparse.Namespace, queue: Any) -> None:
         dev
     )
     params = [p for p in model.parameters() if p.requires_grad]
+    error = None
+    if args.frozen_bf16 and mode == "prompt":
+        error = _grad_error(model, image, aux, target, dev, precision)
+        _store_frozen_bf16(model)
     opt = torch.optim.AdamW(params, lr=1e-4)
     saved = _saved_bytes(model, image, aux, target, dev, precision)
     if dev.type == "cuda":
@@ -144,6 +203,7 @@ def _run(mode: str, args: argparse.Namespace, queue: Any) -> None:
             "precision": precision,
             "trainable": sum(p.numel() for p in params),
             "ckpt_bytes": size,
+            "frozen_bf16_error": error,
         }
     )
 
@@ -180,11 +240,19 @@ def main() -> None:
         action="store_true",
         help="Prompt tuning recomputes the frozen blocks in the backward pass.",
     )
+    parser.add_argument(
+        "--frozen-bf16",
+        action="store_true",
+        help="Prompt tuning stores the frozen parameters in bfloat16 (needs --precision bf16).",
+    )
     args = parser.parse_args()
+    if args.frozen_bf16 and args.precision != "bf16":
+        parser.error("--frozen-bf16 needs --precision bf16 (autocast casts every op's inputs)")
     os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
     prompt = _measure("prompt", args)
     full = _measure("full", args)
     ckpt = ", frozen blocks checkpointed" if args.checkpoint_frozen else ""
+    ckpt += ", frozen weights stored in bf16" if args.frozen_bf16 else ""
     print(
         f"{args.method} on {args.encoder}, batch {args.batch}×{args.size}², {args.device}, "
         f"precision {prompt['precision']}{ckpt}"
@@ -224,6 +292,13 @@ def main() -> None:
     ]
     for name, a, b, ratio in rows:
         print(f"{name:<22}{a:>18}{b:>20}{ratio:>15.3g}×")
+    err = prompt["frozen_bf16_error"]
+    if err is not None:
+        print(
+            f"frozen weights of {err['modules']} modules in bf16 vs float32 (same step, bf16 "
+            "autocast): |Δloss| "
+            f"{err['loss_delta']:.2e}, gradient relative error {err['grad_rel_error']:.2e}"
+        )
 
 
 def _cuda() -> bool:

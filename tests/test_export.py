@@ -17,6 +17,14 @@ import pytest
 import rasterio
 import torch
 from click.testing import CliRunner
+from onnx_fixtures import (
+    CLASSES,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    WINDOW,
+    raw_window,
+    save_tiny,
+)
 from rasterio.transform import from_origin
 
 import rsprompt.data.normalize as N
@@ -29,46 +37,6 @@ from rsprompt.models import registry
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32).reshape(1, 3, 1, 1)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32).reshape(1, 3, 1, 1)
-WINDOW = 64
-CLASSES = ["impervious surfaces", "building", "low vegetation"]
-MINMAX = N.DSMNormalizer("minmax")
-
-#: method -> (encoder, build kwargs) of a tiny random model.
-TINY = {
-    "mobanet": (
-        "vit_small_patch14_dinov2",
-        {"encoder_kwargs": {"depth": 2, "embed_dim": 32, "num_heads": 2, "img_size": 56}},
-    ),
-    "dplnet": ("mit_b0", {"encoder_kwargs": {"depths": [1, 1, 1, 1]}}),
-    "gopt": (
-        "vit_base_patch16_224",
-        {
-            "encoder_kwargs": {
-                "depth": 4,
-                "embed_dim": 32,
-                "num_heads": 2,
-                "patch_size": 8,
-                "img_size": 64,
-            }
-        },
-    ),
-    "spm": (
-        "vit_base_patch16_224",
-        {
-            "encoder_kwargs": {
-                "depth": 4,
-                "embed_dim": 32,
-                "num_heads": 2,
-                "patch_size": 8,
-                "img_size": 64,
-            }
-        },
-    ),
-    "rpn": ("rsprompt-tiny-clip", {"img_size": 64}),
-}
-
 
 @pytest.fixture(autouse=True)
 def one_thread():
@@ -79,48 +47,8 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def save_tiny(
-    path: Path,
-    method: str,
-    aux: N.DSMNormalizer | N.SARNormalizer | None = MINMAX,
-    *,
-    aux_channels: int = 1,
-    dataset: str | None = "vaihingen",
-    classes: list[str] = CLASSES,
-    optical: N.OpticalNormalizer | None = None,
-    **kwargs,
-) -> Path:
-    """A checkpoint of a tiny random ``method`` model (DSM min–max unless told otherwise)."""
-    encoder, build = TINY[method]
-    build = {**build, **kwargs}
-    torch.manual_seed(0)
-    a = aux_channels if aux is not None or aux_channels else 0
-    model = registry.build_model(method, encoder, len(classes), aux_channels=a, **build)
-    meta = ckpt_mod.model_meta(
-        model,
-        weights=None,
-        encoder_seed=0,
-        model_kwargs=build,
-        classes=classes,
-        colors=ISPRS_CLASSES.colors[: len(classes)],
-        normalization=N.Normalization(optical or N.OpticalNormalizer(), aux),
-        aux_kind=None if aux is None else aux.kind,
-        patch_size=WINDOW,
-        dataset=dataset,
-    )
-    return ckpt_mod.save_model_checkpoint(path, model, meta)
-
-
 def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def raw_window(batch: int, seed: int, lo: float = 240.0, hi: float = 290.0) -> np.ndarray:
-    """Raw ``batch×4×64×64``: 8-bit optical values, then heights in ``[lo, hi]``."""
-    rng = np.random.default_rng(seed)
-    opt = rng.integers(0, 256, (batch, 3, WINDOW, WINDOW)).astype(np.float32)
-    dsm = (lo + (hi - lo) * rng.random((batch, 1, WINDOW, WINDOW))).astype(np.float32)
-    return np.concatenate([opt, dsm], 1)
 
 
 def torch_minmax(model, x: np.ndarray, lo: float, hi: float) -> np.ndarray:

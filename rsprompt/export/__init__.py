@@ -3,6 +3,8 @@
 - :func:`export_onnx` (``rsprompt export``): a checkpoint → one ONNX file taking the raw stacked
   bands (optical, then aux) and returning softmax probabilities, with Deepness's metadata;
 - :class:`OnnxModel`: that file run by onnxruntime, callable like a model at prediction time;
+- :func:`predict_onnx` / :class:`OnnxPredictor` (``rsprompt predict --backend onnxruntime``):
+  whole scenes predicted with that file through rsprompt's own prediction pipeline;
 - :func:`stack_scene` (``rsprompt stack``): a scene and its DSM/SAR → one VRT layer (the aux
   aligned onto the scene's grid exactly as ``rsprompt predict`` aligns it).
 
@@ -17,7 +19,8 @@ Example:
 
 from rsprompt.export.common import DATASET_GSD_CM, ExportError, InputLayout, input_layout
 from rsprompt.export.onnx_export import ExportSummary, export_onnx
-from rsprompt.export.onnx_runtime import OnnxModel, read_metadata
+from rsprompt.export.onnx_predict import OnnxPredictor, onnx_precision, predict_onnx
+from rsprompt.export.onnx_runtime import OnnxModel, onnx_device, read_metadata
 from rsprompt.export.stack import StackSummary, stack_scene
 
 __all__ = [
@@ -26,9 +29,13 @@ __all__ = [
     "ExportSummary",
     "InputLayout",
     "OnnxModel",
+    "OnnxPredictor",
     "StackSummary",
     "export_onnx",
     "input_layout",
+    "onnx_device",
+    "onnx_precision",
+    "predict_onnx",
     "read_metadata",
     "stack_scene",
 ]

@@ -45,17 +45,45 @@ def read_metadata(session: Any) -> dict[str, Any]:
     return out
 
 
-def _providers(device: str | torch.device) -> list[str]:
+def onnx_device(device: str | torch.device | None = "cpu") -> str:
+    """Where onnxruntime runs: ``"cpu"`` or ``"cuda"``/``"cuda:N"`` (its CUDA provider).
+
+    ``auto`` (or ``None``) takes CUDA when onnxruntime has its CUDA provider (the
+    ``onnxruntime-gpu`` package), else the CPU. Torch's own CUDA build does not matter.
+
+    Raises:
+        ExportError: An unknown device, ``mps``, or ``cuda`` without the CUDA provider.
+    """
+    name = "auto" if device is None else str(device).strip().lower()
+    if name == "auto":
+        return "cuda" if "CUDAExecutionProvider" in _available_providers() else "cpu"
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ExportError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cpu":
+        return "cpu"
+    if dev.type != "cuda":
+        raise ExportError(f"onnxruntime runs on cpu or cuda, not {dev.type}: pass --device cpu")
+    if "CUDAExecutionProvider" not in _available_providers():
+        raise ExportError(
+            "onnxruntime on this machine has no CUDA provider (install onnxruntime-gpu), "
+            "or pass --device cpu"
+        )
+    return str(dev)
+
+
+def _available_providers() -> list[str]:
+    require_onnx("onnxruntime")
     import onnxruntime as ort
 
-    if torch.device(device).type == "cuda":
-        available = ort.get_available_providers()
-        if "CUDAExecutionProvider" not in available:
-            raise ExportError(
-                "onnxruntime on this machine has no CUDA provider (install onnxruntime-gpu), "
-                "or pass --device cpu"
-            )
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return list(ort.get_available_providers())
+
+
+def _providers(device: str | torch.device) -> list[Any]:
+    dev = torch.device(onnx_device(device))
+    if dev.type == "cuda":
+        return [("CUDAExecutionProvider", {"device_id": dev.index or 0}), "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 
 
@@ -64,7 +92,7 @@ class OnnxModel:
 
     Args:
         path: ONNX file written by ``rsprompt export``.
-        device: ``cpu`` or ``cuda`` (onnxruntime's CUDA provider).
+        device: ``cpu``, ``cuda``/``cuda:N`` (onnxruntime's CUDA provider) or ``auto``.
         threads: Intra-op threads (``None``: onnxruntime's default).
 
     Attributes:
@@ -90,6 +118,7 @@ class OnnxModel:
         require_onnx("onnxruntime")
         import onnxruntime as ort
 
+        device = onnx_device(device)
         self.path = Path(path)
         if not self.path.is_file():
             raise ExportError(f"ONNX model {self.path}: file not found")

@@ -1,0 +1,179 @@
+"""Predict with an exported ONNX model (the onnxruntime backend of predict; issue 19 item 3).
+
+The expected maps come from the *torch* backend (``predict_from_checkpoint``) on the checkpoint the
+ONNX file was exported from, with the export's fixed DSM statistics equal to the scene-wide ones
+that the torch backend computes (the DSM shares the scene's grid; its min and max are read here
+with rasterio). Both run the same windows and blending, so the maps can differ only where the two
+largest class probabilities tie to within float32 rounding of the two runtimes.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from onnx_fixtures import WINDOW, save_tiny
+
+import rsprompt.data.synthetic as synthetic
+from rsprompt.inference import PredictError, predict_from_checkpoint
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+from rsprompt.export import OnnxPredictor, export_onnx, predict_onnx
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: the machine is shared."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    """A 128×192 synthetic scene + DSM (same grid), a tiny MoBaNet (DSM min–max) and its export.
+
+    The export's fixed statistics are the DSM's own min–max (``aux_stats`` on the DSM).
+    """
+    root = tmp_path_factory.mktemp("onnx_predict")
+    sc = synthetic.generate_scene("isprs", size=(128, 192), seed=3, resolution=0.2)
+    paths = synthetic.write_scene(sc, root / "raw")
+    scene, dsm = root / "scene.tif", root / "dsm.tif"
+    shutil.copy(paths["image"], scene)
+    shutil.copy(paths["dsm"], dsm)
+    torch.set_num_threads(1)
+    ckpt = save_tiny(root / "m.ckpt", "mobanet")
+    onnx_path = root / "m.onnx"
+    summary = export_onnx(ckpt, onnx_path, aux_stats=dsm)
+    rgb = root / "rgb.onnx"
+    export_onnx(ckpt, rgb, optical_only=True)
+    return {"root": root, "scene": scene, "dsm": dsm, "ckpt": ckpt, "onnx": onnx_path,
+            "rgb": rgb, "stats": summary.aux_stats}  # fmt: skip
+
+
+def read(path: Path) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return src.read()
+
+
+def test_onnx_backend_gives_the_map_of_the_torch_backend(case, tmp_path):
+    """Same scene, same windows (64 px, overlap 16 = the exported 25 %), same blending.
+
+    Agreement must be at least 99.9 %, and every disagreeing pixel must be a near-tie in the
+    torch run: its two largest uint8 probabilities (``round(255 p)``) at most 1 apart.
+    """
+    with rasterio.open(case["dsm"]) as d:
+        heights = d.read(1, masked=True)
+    assert case["stats"] == pytest.approx(
+        {"min": float(heights.min()), "max": float(heights.max())}
+    )
+    ours = predict_onnx(
+        case["scene"],
+        case["onnx"],
+        tmp_path / "onnx.tif",
+        aux=case["dsm"],
+        aux_kind="dsm",
+        probabilities=tmp_path / "onnx_p.tif",
+        progress=False,
+    )
+    theirs = predict_from_checkpoint(
+        case["scene"],
+        case["ckpt"],
+        tmp_path / "torch.tif",
+        aux=case["dsm"],
+        aux_kind="dsm",
+        window=WINDOW,
+        overlap=WINDOW // 4,
+        probabilities=tmp_path / "torch_p.tif",
+        progress=False,
+    )
+    assert ours.windows == theirs.windows
+    a, b = read(tmp_path / "onnx.tif")[0], read(tmp_path / "torch.tif")[0]
+    assert a.shape == (128, 192)
+    agree = float(np.mean(a == b))
+    assert agree >= 0.999, agree
+    p_torch = read(tmp_path / "torch_p.tif").astype(int)
+    top2 = np.sort(p_torch, axis=0)[-2:]
+    assert np.all((top2[1] - top2[0])[a != b] <= 1)
+    assert np.abs(read(tmp_path / "onnx_p.tif").astype(int) - p_torch).max() <= 1
+    assert ours.device == "cpu" and ours.numeric_precision == "32"
+    assert ours.class_names == theirs.class_names
+    assert (tmp_path / "onnx.qml").exists() and (tmp_path / "onnx.tif.aux.xml").exists()
+
+
+def test_optical_only_export_predicts_without_the_aux(case, tmp_path):
+    """An --optical-only export: no aux raster; the torch backend without --dem gives the map."""
+    predict_onnx(case["scene"], case["rgb"], tmp_path / "o.tif", progress=False)
+    predict_from_checkpoint(
+        case["scene"], case["ckpt"], tmp_path / "t.tif", window=WINDOW, progress=False
+    )
+    a, b = read(tmp_path / "o.tif")[0], read(tmp_path / "t.tif")[0]
+    assert float(np.mean(a == b)) >= 0.999
+    with pytest.raises(PredictError, match="takes no aux raster"):
+        predict_onnx(case["scene"], case["rgb"], tmp_path / "x.tif", aux=case["dsm"])
+
+
+def test_refusals_are_clear(case, tmp_path):
+    out = tmp_path / "m.tif"
+    kw = {"aux": case["dsm"], "progress": False}
+    with pytest.raises(PredictError, match=r"exported for 64×64 windows.*--window 32"):
+        predict_onnx(case["scene"], case["onnx"], out, window=32, **kw)
+    with pytest.raises(PredictError, match=r"takes a DSM.*--dem FILE"):
+        predict_onnx(case["scene"], case["onnx"], out, progress=False)
+    with pytest.raises(PredictError, match=r"exported with DSM.*use --dem"):
+        predict_onnx(case["scene"], case["onnx"], out, aux_kind="sar", **kw)
+    with pytest.raises(PredictError, match=r"float32 graph only.*--precision bf16"):
+        predict_onnx(case["scene"], case["onnx"], out, precision="bf16", **kw)
+    with pytest.raises(PredictError, match="takes 3 optical band"):
+        predict_onnx(case["scene"], case["onnx"], out, bands=[1, 2], **kw)
+    with pytest.raises(PredictError, match="file not found"):
+        predict_onnx(case["scene"], tmp_path / "missing.onnx", out, **kw)
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not an onnx file")
+    with pytest.raises(PredictError, match="not a readable ONNX file"):
+        predict_onnx(case["scene"], garbage, out, **kw)
+    assert not out.exists()
+
+
+def test_a_foreign_onnx_file_is_refused(tmp_path, case):
+    """An ONNX model not written by rsprompt export: its input conventions are unknown."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 64, 64])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 64, 64])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "foreign.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(PredictError, match="not written by `rsprompt export`"):
+        predict_onnx(case["scene"], path, tmp_path / "m.tif", aux=case["dsm"])
+
+
+def test_cuda_without_the_provider_is_refused(case):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("onnxruntime has its CUDA provider here")
+    with pytest.raises(PredictError, match="onnxruntime-gpu"):
+        OnnxPredictor(case["onnx"], device="cuda")
+    assert OnnxPredictor(case["onnx"], device="auto").device == "cpu"
+
+
+def test_existing_outputs_are_kept_without_overwrite(case, tmp_path):
+    """Outputs go through predict_scene: an existing map is refused, then replaced atomically."""
+    out = tmp_path / "m.tif"
+    out.write_bytes(b"keep")
+    with pytest.raises(PredictError, match="--overwrite"):
+        predict_onnx(case["scene"], case["onnx"], out, aux=case["dsm"], progress=False)
+    assert out.read_bytes() == b"keep"
+    predict_onnx(case["scene"], case["onnx"], out, aux=case["dsm"], overwrite=True, progress=False)
+    assert read(out).shape == (1, 128, 192)
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name or ".lock" in p.name]

@@ -177,3 +177,40 @@ def test_existing_outputs_are_kept_without_overwrite(case, tmp_path):
     predict_onnx(case["scene"], case["onnx"], out, aux=case["dsm"], overwrite=True, progress=False)
     assert read(out).shape == (1, 128, 192)
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name or ".lock" in p.name]
+
+
+def test_ndsm_export_equals_torch_with_the_ground_fitted_per_window(case, tmp_path):
+    """The nDSM gap is the ground alone: with the ground fitted per window, torch == onnxruntime.
+
+    The graph estimates the ground on each input tile; ``rsprompt predict`` on the whole scene.
+    A torch run whose normaliser fits the ground on each window with
+    ``rsprompt.data.normalize.ground_estimate`` (numpy, not the graph's torch code) gives the
+    map of the ONNX backend with the same windows (64 px, no overlap).
+    """
+    import dataclasses
+
+    import rsprompt.data.normalize as N
+    from rsprompt.inference import CheckpointPredictor, predict_scene
+
+    ndsm = N.DSMNormalizer("ndsm", cell_m=1.0, window_m=6.0, max_height_m=20.0)
+    ckpt = save_tiny(tmp_path / "n.ckpt", "dplnet", ndsm, dataset=None)
+    onnx_path = tmp_path / "n.onnx"
+    export_onnx(ckpt, onnx_path, resolution=20.0)  # the scene's 0.2 m pixels
+    pred = CheckpointPredictor(ckpt)
+    optical = dataclasses.replace(pred.normalization.optical, bands=None)
+
+    def per_window(image, aux, aux_valid, offset):
+        ok = aux_valid.astype(bool)
+        grid, cell = N.ground_estimate(aux[0], ok, 0.2, 1.0, 6.0)
+        stats = {"ground": grid.astype(np.float32), "cell": cell}
+        a, v = ndsm.apply(aux, stats, valid=ok)
+        return optical.apply(image), a, v[0]
+
+    common = {"aux": case["dsm"], "window": WINDOW, "overlap": 0, "progress": False}
+    predict_scene(
+        case["scene"], pred.model, tmp_path / "t.tif", classes=pred.classes,
+        normalize=per_window, bands=[1, 2, 3], expected_bands=3, aux_channels=1, **common,
+    )  # fmt: skip
+    predict_onnx(case["scene"], onnx_path, tmp_path / "o.tif", **common)
+    a, b = read(tmp_path / "o.tif")[0], read(tmp_path / "t.tif")[0]
+    assert float(np.mean(a == b)) >= 0.999

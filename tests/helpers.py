@@ -2,8 +2,12 @@
 
 - :func:`load_make` / :func:`make_fixture_folder`: the fixture-folder writers in
   ``tests/data/<dataset>/make.py`` (official layouts of Vaihingen, Potsdam, WHU-OPT-SAR);
+- :func:`read_raster` / :func:`write_plain_gtiff`: read a raster's bands; write an array as a
+  GeoTIFF without georeferencing (as the ISPRS files are distributed);
+- :func:`one_torch_thread`: run with one torch thread (for a per-module autouse fixture);
 - :func:`miou`: mean IoU over the classes present in a prediction or its target;
-- :func:`toy_batch`: a batch where only the DSM tells two classes apart;
+- :func:`toy_batch` / :func:`train_on_toy_batches`: a batch where only the DSM tells two classes
+  apart, and a short training run on such batches that scores the model with and without DSM;
 - :func:`skip_unless_required`: skip for a missing resource, or fail where CI requires it.
 """
 
@@ -11,12 +15,17 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import NoReturn
 
+import numpy as np
 import pytest
+import rasterio
 import torch
+from rasterio.windows import Window
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -33,6 +42,32 @@ def make_fixture_folder(dataset: str, root: Path) -> Path:
     """Write ``dataset``'s fixture folder (its ``make.py`` defaults) to ``root/dataset``."""
     load_make(dataset).make(root / dataset)
     return root / dataset
+
+
+def read_raster(path: Path, window: Window | None = None) -> np.ndarray:
+    """All bands of the raster at ``path`` (``C×H×W``), or of ``window`` of it."""
+    with rasterio.open(path) as src:
+        return src.read(window=window)
+
+
+def write_plain_gtiff(path: Path, data: np.ndarray) -> None:
+    """Write ``data`` (``C×H×W``) as a GeoTIFF with no CRS and no transform."""
+    count, height, width = data.shape
+    with rasterio.open(
+        path, "w", driver="GTiff", width=width, height=height, count=count, dtype=data.dtype
+    ) as dst:
+        dst.write(data)
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Run the block with one torch thread: on a shared 2-core machine, 2 threads thrash."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def miou(pred: torch.Tensor, target: torch.Tensor, k: int) -> float:
@@ -66,6 +101,33 @@ def toy_batch(n: int, seed: int, size: int = 64) -> tuple[torch.Tensor, ...]:
     image = colours[labels].permute(0, 3, 1, 2) + 0.1 * torch.randn(n, 3, size, size, generator=g)
     dsm = heights[labels][:, None] + 0.1 * torch.randn(n, 1, size, size, generator=g)
     return (image - 0.5) / 0.25, dsm, labels
+
+
+def train_on_toy_batches(
+    model: torch.nn.Module, steps: int = 40, lr: float = 3e-3
+) -> tuple[list[float], float, float]:
+    """Train ``model``'s trainable parameters on :func:`toy_batch` batches of 4 (AdamW).
+
+    Returns:
+        ``(losses, with_dsm, without)``: the training losses, then the mIoU (3 classes) on 8
+        held-out samples with the DSM and without it (``aux=None``).
+    """
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train()
+    losses = []
+    for step in range(steps):
+        image, dsm, labels = toy_batch(4, seed=100 + step)
+        loss = model.compute_loss(model(image, dsm), labels)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    model.eval()
+    image, dsm, labels = toy_batch(8, seed=1)
+    with torch.no_grad():
+        with_dsm = miou(model(image, dsm).argmax(1), labels, 3)
+        without = miou(model(image, None).argmax(1), labels, 3)
+    return losses, with_dsm, without
 
 
 def skip_unless_required(reason: str, env_var: str) -> NoReturn:

@@ -1,24 +1,14 @@
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import rasterio
 from click.testing import CliRunner
+from helpers import load_make
 
 from rsprompt.cli import main
 from rsprompt.data.check import check_folder
 
-HERE = Path(__file__).parent
 #: Files as distributed carry no georeferencing; rasterio warns on every open.
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
-
-
-def load_make(name):
-    spec = importlib.util.spec_from_file_location(f"make_{name}", HERE / "data" / name / "make.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def run(*args):

@@ -7,12 +7,12 @@ Issue 13 items 7 (aux nodata blended into valid pixels by the warp) and 13 (corr
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
+from helpers import load_make
 from rasterio.transform import Affine
 
 from rsprompt.data.datasets import Potsdam
@@ -24,13 +24,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreference
 
 NODATA = -9999.0
 LOW, HIGH = 10.0, 20.0  # the only valid heights of the test DSMs
-
-
-def load_make(name: str):
-    spec = importlib.util.spec_from_file_location(f"make_{name}", HERE / "data" / name / "make.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def potsdam_tile(root: Path, size: int = 48) -> dict[str, Path]:
@@ -60,6 +53,25 @@ def write_dsm(path: Path, data: np.ndarray, transform: Affine, **profile) -> Non
     }
     with rasterio.open(path, "w", **kw) as dst:
         dst.write(data[None])
+
+
+def write_masked_dsm(
+    path: Path, size: int, masked: tuple[slice, slice], transform: Affine
+) -> np.ndarray:
+    """A ``size``² two-level DSM, no nodata value, ``masked`` stored as 0 under an internal mask.
+
+    Returns:
+        The mask written (255 valid, 0 masked).
+    """
+    dsm = two_level_dsm(size, size, (slice(0, 0), slice(0, 0)))
+    dsm[masked] = 0.0  # stored under the mask
+    mask = np.full((size, size), 255, np.uint8)
+    mask[masked] = 0
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+        write_dsm(path, dsm, transform)
+        with rasterio.open(path, "r+") as dst:
+            dst.write_mask(mask)
+    return mask
 
 
 def minmax_dataset(root: Path) -> Potsdam:
@@ -108,14 +120,7 @@ def test_aligned_aux_honours_its_internal_mask(tmp_path):
     paths = potsdam_tile(tmp_path)
     with rasterio.open(paths["image_rgb"]) as src:
         transform = src.transform
-    dsm = two_level_dsm(48, 48, (slice(0, 0), slice(0, 0)))
-    dsm[20:30, 5:40] = 0.0  # stored under the mask
-    mask = np.full((48, 48), 255, np.uint8)
-    mask[20:30, 5:40] = 0
-    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
-        write_dsm(paths["dsm"], dsm, transform)
-        with rasterio.open(paths["dsm"], "r+") as dst:
-            dst.write_mask(mask)
+    mask = write_masked_dsm(paths["dsm"], 48, (slice(20, 30), slice(5, 40)), transform)
     with rasterio.open(paths["dsm"]) as src:  # the mask is internal, not an .msk sidecar
         assert src.nodata is None and (src.read_masks(1) == mask).all()
     assert not paths["dsm"].with_name(paths["dsm"].name + ".msk").exists()
@@ -130,14 +135,7 @@ def test_warped_aux_honours_its_internal_mask(tmp_path):
     with rasterio.open(paths["image_rgb"]) as src:
         t = src.transform
     transform = Affine(0.07, 0, t.c - 0.03, 0, -0.07, t.f + 0.03)
-    dsm = two_level_dsm(36, 36, (slice(0, 0), slice(0, 0)))
-    dsm[10:18, 12:20] = 0.0
-    mask = np.full((36, 36), 255, np.uint8)
-    mask[10:18, 12:20] = 0
-    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
-        write_dsm(paths["dsm"], dsm, transform)
-        with rasterio.open(paths["dsm"], "r+") as dst:
-            dst.write_mask(mask)
+    write_masked_dsm(paths["dsm"], 36, (slice(10, 18), slice(12, 20)), transform)
     assert minmax_dataset(tmp_path).aux_stats(0) == pytest.approx({"min": LOW, "max": HIGH})
 
 

@@ -1,11 +1,10 @@
-import importlib.util
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import rasterio
 import torch
+from helpers import load_make, read_raster
 
 from rsprompt.data.augment import JointAugmentation
 from rsprompt.data.datamodules import (
@@ -23,7 +22,6 @@ from rsprompt.data.normalize import (
 )
 from rsprompt.data.splits import get_tiles
 
-HERE = Path(__file__).parent
 #: The benchmark datamodules (official layouts); RasterDataModule is tested in test_custom_data.
 BENCHMARKS = {k: v for k, v in DATAMODULES.items() if k != "custom"}
 #: Files as distributed carry no georeferencing; rasterio warns on every open.
@@ -35,13 +33,6 @@ IDENTITY = Normalization(
 )
 
 
-def load_make(name):
-    spec = importlib.util.spec_from_file_location(f"make_{name}", HERE / "data" / name / "make.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def roots(tmp_path_factory):
     out = {}
@@ -50,11 +41,6 @@ def roots(tmp_path_factory):
         load_make(name).make(root)
         out[name] = root
     return out
-
-
-def read(path, window):
-    with rasterio.open(path) as src:
-        return src.read(window=window)
 
 
 def locate(ds, sl):
@@ -88,12 +74,12 @@ def test_training_batches_align_with_the_files(roots, name):
     for i, sl in enumerate(slices):
         tile, row, col = locate(ds, sl)
         win = rasterio.windows.Window(col, row, size, size)
-        np.testing.assert_array_equal(batch["image"][i].numpy(), read(tile.image, win))
-        aux = read(tile.aux, win).astype(np.float32)
+        np.testing.assert_array_equal(batch["image"][i].numpy(), read_raster(tile.image, win))
+        aux = read_raster(tile.aux, win).astype(np.float32)
         if name == "whu-opt-sar":
-            labels = decode_whu_labels(read(tile.label, win)[0])
+            labels = decode_whu_labels(read_raster(tile.label, win)[0])
         else:
-            labels = decode_isprs_rgb(read(tile.label, win))
+            labels = decode_isprs_rgb(read_raster(tile.label, win))
         np.testing.assert_array_equal(batch["aux"][i].numpy(), aux)
         np.testing.assert_array_equal(batch["mask"][i].numpy(), labels)
 

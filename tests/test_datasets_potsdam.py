@@ -1,27 +1,18 @@
-import importlib.util
 import logging
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pyproj
 import pytest
 import rasterio
+from helpers import load_make, read_raster, write_plain_gtiff
 from torchgeo.samplers import RandomPatchSampler
 
 from rsprompt.data.datasets import Potsdam, find_tiles
 from rsprompt.data.labels import IGNORE_INDEX, decode_isprs_rgb
 
-HERE = Path(__file__).parent
 #: Files as distributed carry no georeferencing; rasterio warns on every open.
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
-
-
-def load_make(name):
-    spec = importlib.util.spec_from_file_location(f"make_{name}", HERE / "data" / name / "make.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -30,11 +21,6 @@ def potsdam(tmp_path_factory):
     return root, load_make("potsdam").make(
         root, off_palette={"2_11": {(255, 255, 0): (252, 255, 0)}}
     )
-
-
-def read(path, window=None):
-    with rasterio.open(path) as src:
-        return src.read(window=window)
 
 
 def test_layout_splits_and_mobanet_variant(potsdam):
@@ -73,10 +59,10 @@ def test_georeferenced_patches_match_the_files(potsdam, optical, bands):
             continue  # the patch straddles two adjacent tiles: checked below
         win = rasterio.windows.Window(col, row, 32, 32)
         assert sample["image"].shape == (bands, 32, 32)
-        np.testing.assert_array_equal(sample["image"].numpy(), read(tile.image, win))
-        np.testing.assert_array_equal(sample["aux"].numpy(), read(tile.aux, win))
+        np.testing.assert_array_equal(sample["image"].numpy(), read_raster(tile.image, win))
+        np.testing.assert_array_equal(sample["aux"].numpy(), read_raster(tile.aux, win))
         np.testing.assert_array_equal(
-            sample["mask"].numpy(), decode_isprs_rgb(read(tile.label, win))
+            sample["mask"].numpy(), decode_isprs_rgb(read_raster(tile.label, win))
         )
         compared += 1
     # The sampler is seeded: most patches lie inside one tile (10 of 12 with generator=3); a
@@ -91,15 +77,15 @@ def test_window_across_adjacent_tiles_is_mosaicked(potsdam):
     x0 = g10.transform.c
     y_split = g10.bounds[1]
     sample = ds[x0 : x0 + 32 * 0.05, y_split - 16 * 0.05 : y_split + 16 * 0.05]
-    top = read(paths["2_10"]["dsm"])[:, -16:, :32]
-    bottom = read(paths["2_11"]["dsm"])[:, :16, :32]
+    top = read_raster(paths["2_10"]["dsm"])[:, -16:, :32]
+    bottom = read_raster(paths["2_11"]["dsm"])[:, :16, :32]
     np.testing.assert_allclose(sample["aux"].numpy(), np.concatenate([top, bottom], axis=1))
     assert sample["aux_valid"].all()
 
 
 def test_off_palette_cars_decode_within_tolerance(potsdam, caplog):
     root, paths = potsdam
-    raw = read(paths["2_11"]["label"])
+    raw = read_raster(paths["2_11"]["label"])
     off = np.all(raw == np.array([252, 255, 0], np.uint8)[:, None, None], axis=0)
     assert off.any()
     ds = Potsdam(root, tiles=["2_11"])
@@ -120,18 +106,9 @@ def test_eroded_and_flat_labels(tmp_path):
 def test_label_without_georeferencing_takes_the_image_grid(tmp_path):
     paths = load_make("potsdam").make(tmp_path, tiles=("2_10",))
     label = paths["2_10"]["label"]
-    data = read(label)
+    data = read_raster(label)
     label.unlink()
-    with rasterio.open(
-        label,
-        "w",
-        driver="GTiff",
-        width=data.shape[2],
-        height=data.shape[1],
-        count=3,
-        dtype="uint8",
-    ) as dst:
-        dst.write(data)
+    write_plain_gtiff(label, data)
     tile = Potsdam(tmp_path, tiles=["2_10"]).read_tile("2_10")
     np.testing.assert_array_equal(tile["mask"], decode_isprs_rgb(data))
 

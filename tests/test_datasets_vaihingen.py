@@ -1,37 +1,23 @@
-import importlib.util
 import logging
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
+from helpers import load_make, read_raster
 from torchgeo.samplers import GriddedPatchSampler, RandomPatchSampler
 
 from rsprompt.data.datasets import LOCAL_CRS, Vaihingen, check_patch_fits, find_tiles
 from rsprompt.data.labels import IGNORE_INDEX, decode_isprs_rgb
 
-HERE = Path(__file__).parent
 #: Files as distributed carry no georeferencing; rasterio warns on every open.
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
-
-
-def load_make(name):
-    spec = importlib.util.spec_from_file_location(f"make_{name}", HERE / "data" / name / "make.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def vaihingen(tmp_path_factory):
     root = tmp_path_factory.mktemp("vaihingen")
     return root, load_make("vaihingen").make(root)
-
-
-def read(path, window=None):
-    with rasterio.open(path) as src:
-        return src.read(window=window)
 
 
 def locate(ds, sl):
@@ -50,10 +36,12 @@ def assert_sample_matches_files(ds, sl, size):
     sample = ds[sl]
     tile, r, c = locate(ds, sl)
     win = rasterio.windows.Window(c, r, size, size)
-    np.testing.assert_array_equal(sample["image"].numpy(), read(tile.image, win).astype(np.float32))
-    np.testing.assert_array_equal(sample["aux"].numpy(), read(tile.aux, win))
+    np.testing.assert_array_equal(
+        sample["image"].numpy(), read_raster(tile.image, win).astype(np.float32)
+    )
+    np.testing.assert_array_equal(sample["aux"].numpy(), read_raster(tile.aux, win))
     assert sample["aux_valid"].all()
-    expected = decode_isprs_rgb(read(tile.label, win))
+    expected = decode_isprs_rgb(read_raster(tile.label, win))
     np.testing.assert_array_equal(sample["mask"].numpy(), expected)
     return tile
 
@@ -93,8 +81,8 @@ def test_gridded_sampler_and_whole_tiles(vaihingen):
     assert samples and all(s["image"].shape == (3, 48, 48) for s in samples)
     tile = next(ds.iter_tiles())
     assert tile["name"] == "2"
-    np.testing.assert_array_equal(tile["image"], read(paths[2]["image"]).astype(np.float32))
-    np.testing.assert_array_equal(tile["mask"], decode_isprs_rgb(read(paths[2]["label"])))
+    np.testing.assert_array_equal(tile["image"], read_raster(paths[2]["image"]).astype(np.float32))
+    np.testing.assert_array_equal(tile["mask"], decode_isprs_rgb(read_raster(paths[2]["label"])))
     assert tile["transform"].a == pytest.approx(0.09)
 
 
@@ -110,7 +98,7 @@ def test_flat_labels_world_files_and_dsm_one_pixel_larger(tmp_path):
     for sl in RandomPatchSampler(ds, size=32, length=4, generator=0):
         assert_sample_matches_files(ds, sl, 32)
     tile = ds.read_tile("1")
-    dsm = read(paths[1]["dsm"])
+    dsm = read_raster(paths[1]["dsm"])
     assert dsm.shape[1:] == (tile["image"].shape[1] + 1, tile["image"].shape[2] + 1)
     np.testing.assert_array_equal(tile["aux"], dsm[:, :-1, :-1])  # cropped to the image
 
@@ -214,4 +202,4 @@ def test_image_world_file_is_used_when_present(tmp_path):
     x, _, _ = ds.bounds
     assert 490000 < x.start < 510000
     tile = ds.read_tile("1")
-    np.testing.assert_array_equal(tile["aux"], read(paths[1]["dsm"]))
+    np.testing.assert_array_equal(tile["aux"], read_raster(paths[1]["dsm"]))

@@ -1,9 +1,7 @@
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import rasterio
+from helpers import load_make, read_raster
 from rasterio.enums import ColorInterp
 from torchgeo.samplers import RandomPatchSampler
 
@@ -11,27 +9,14 @@ from rsprompt.data.datasets import LOCAL_CRS, WHUOptSar, held_out_val
 from rsprompt.data.labels import IGNORE_INDEX, decode_whu_labels
 from rsprompt.data.normalize import Normalization, OpticalNormalizer, SARNormalizer
 
-HERE = Path(__file__).parent
 #: Files as distributed carry no georeferencing; rasterio warns on every open.
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
-
-
-def load_make(name):
-    spec = importlib.util.spec_from_file_location(f"make_{name}", HERE / "data" / name / "make.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def whu(tmp_path_factory):
     root = tmp_path_factory.mktemp("whu")
     return root, load_make("whu-opt-sar").make(root)
-
-
-def read(path, window=None):
-    with rasterio.open(path) as src:
-        return src.read(window=window)
 
 
 def check_patches(ds, n=6, size=32):
@@ -43,9 +28,9 @@ def check_patches(ds, n=6, size=32):
             if 0 <= col < grids.image.width and 0 <= row < grids.image.height:
                 break
         win = rasterio.windows.Window(col, row, size, size)
-        np.testing.assert_array_equal(sample["image"].numpy(), read(tile.image, win))
-        np.testing.assert_array_equal(sample["aux"].numpy(), read(tile.aux, win))
-        labels = read(tile.label, win)[0]
+        np.testing.assert_array_equal(sample["image"].numpy(), read_raster(tile.image, win))
+        np.testing.assert_array_equal(sample["aux"].numpy(), read_raster(tile.aux, win))
+        labels = read_raster(tile.label, win)[0]
         np.testing.assert_array_equal(
             sample["mask"].numpy(), decode_whu_labels(labels, keep_background=ds.keep_background)
         )
@@ -70,7 +55,7 @@ def test_georeferenced_scenes_align(whu):
 
 def test_background_ignored_by_default_or_kept(whu):
     root, paths = whu
-    raw = read(paths["NH49E004021"]["label"])[0]
+    raw = read_raster(paths["NH49E004021"]["label"])[0]
     default = WHUOptSar(root, tiles=["NH49E004021"]).read_tile("NH49E004021")["mask"]
     kept = WHUOptSar(root, tiles=["NH49E004021"], keep_background=True).read_tile("NH49E004021")
     np.testing.assert_array_equal(default == IGNORE_INDEX, raw == 0)
@@ -121,7 +106,7 @@ def test_rgb_selection_and_sar_normalisation(whu):
     norm = Normalization(OpticalNormalizer(bands=(0, 1, 2)), SARNormalizer(mode="uint8"))
     tile = WHUOptSar(root, tiles=["NH49E001014"], normalization=norm).read_tile("NH49E001014")
     assert tile["image"].shape[0] == 3
-    sar = read(paths["NH49E001014"]["sar"]).astype(np.float32)
+    sar = read_raster(paths["NH49E001014"]["sar"]).astype(np.float32)
     np.testing.assert_allclose(tile["aux"], sar / 255.0, rtol=1e-6)
     assert tile["aux_valid"].all()
 
@@ -134,7 +119,7 @@ def test_missing_sar_becomes_zeros_with_invalid_mask(tmp_path):
     tile = ds.read_tile("NH49E004021")
     assert not tile["aux"].any() and not tile["aux_valid"].any()
     assert np.isfinite(tile["image"]).all()
-    optical = read(paths["NH49E004021"]["image"])[[2, 1, 0]]  # band order as selected
+    optical = read_raster(paths["NH49E004021"]["image"])[[2, 1, 0]]  # band order as selected
     np.testing.assert_allclose(tile["image"], norm.optical.apply(optical, selected=True), rtol=1e-6)
 
 

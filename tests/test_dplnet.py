@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import miou as mean_iou
+from helpers import one_torch_thread
 
 from rsprompt.models.methods.dplnet import DPLNet, build_mit
 from rsprompt.models.registry import build_model
@@ -18,10 +19,8 @@ K = 5
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
     """2 shared cores: one torch thread is much faster than two oversubscribed ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import time
 
 import pytest
 import torch
-from helpers import miou, toy_batch
+from helpers import one_torch_thread, train_on_toy_batches
 
 from rsprompt.models.encoders import build_encoder
 from rsprompt.models.methods.gopt import (
@@ -23,10 +23,8 @@ TINY = {"depth": 4, "embed_dim": 64, "num_heads": 2, "patch_size": 8, "img_size"
 @pytest.fixture(autouse=True)
 def one_thread():
     """One torch thread: on a shared 2-core machine, 2 threads per process thrash."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with one_torch_thread():
+        yield
 
 
 def tiny(num_classes: int = 3, aux_channels: int = 1, **kw) -> GoPT:
@@ -192,21 +190,7 @@ def test_missing_and_partial_aux() -> None:
 def test_short_training_learns_from_the_dsm() -> None:
     start = time.perf_counter()
     model = tiny(num_classes=3, aux_channels=1, pyramid_channels=32, decoder_channels=32)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
-    model.train()
-    losses = []
-    for step in range(40):
-        image, dsm, labels = toy_batch(4, seed=100 + step)
-        loss = model.compute_loss(model(image, dsm), labels)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    model.eval()
-    image, dsm, labels = toy_batch(8, seed=1)
-    with torch.no_grad():
-        with_dsm = miou(model(image, dsm).argmax(1), labels, 3)
-        without = miou(model(image, None).argmax(1), labels, 3)
+    losses, with_dsm, without = train_on_toy_batches(model)
     assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5
     # Chance is about 1/3; roofs vs. roads need the DSM, which enters only through the prompts.
     assert with_dsm > 0.7, (with_dsm, without)

@@ -7,6 +7,8 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import miou as helper_miou
+from helpers import one_torch_thread
 from torch import nn
 
 from rsprompt.data.labels import ISPRS_CLASSES
@@ -20,12 +22,10 @@ ISPRS = list(ISPRS_CLASSES.names)
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread_offline():
     """Tiny models run fastest on one thread on shared CPUs; nothing may reach a hub."""
-    threads = torch.get_num_threads()
     offline = os.environ.get("HF_HUB_OFFLINE")
-    torch.set_num_threads(1)
     os.environ["HF_HUB_OFFLINE"] = "1"
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
     if offline is None:
         os.environ.pop("HF_HUB_OFFLINE", None)
     else:
@@ -304,15 +304,6 @@ def test_aux_stem_is_its_own_module():
 COLOURS = torch.tensor([[0.9, 0.9, 0.9], [0.8, 0.2, 0.2], [0.2, 0.7, 0.2], [0.1, 0.1, 0.6]])
 
 
-def _miou(pred: torch.Tensor, target: torch.Tensor, names: list[str]) -> float:
-    """mIoU over every class (absent classes left out) with the project's metrics."""
-    from rsprompt.engine.metrics import SegmentationMetrics
-
-    metrics = SegmentationMetrics(names)
-    metrics.update(pred, target)
-    return float(metrics.compute()["miou"])
-
-
 def _blocky_scenes(n: int, seed: int, size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """Synthetic land cover: 16-pixel cells of 4 classes, each with its own colour + noise."""
     g = torch.Generator().manual_seed(seed)
@@ -322,19 +313,16 @@ def _blocky_scenes(n: int, seed: int, size: int = 64) -> tuple[torch.Tensor, tor
     return (image - 0.45) / 0.25, labels
 
 
-def test_short_training_learns_on_synthetic_scenes():
-    torch.manual_seed(0)
-    names = ["impervious surfaces", "building", "low vegetation", "tree"]
-    model = build_model("rpn", TINY, 4, img_size=64, class_names=names)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
-    x_train, y_train = _blocky_scenes(48, seed=0)
-    x_val, y_val = _blocky_scenes(16, seed=1)
+def _train(
+    model: RPN, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor
+) -> tuple[list[float], torch.Tensor]:
+    """100 AdamW steps (lr 1e-3) on random batches of 4; the losses and the predictions on x_val."""
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     model.train()
-    losses = []
     g = torch.Generator().manual_seed(0)
+    losses = []
     for _ in range(100):
-        idx = torch.randint(0, 48, (4,), generator=g)
+        idx = torch.randint(0, len(x_train), (4,), generator=g)
         loss = model.compute_loss(model(x_train[idx]), y_train[idx])["loss"]
         opt.zero_grad()
         loss.backward()
@@ -342,10 +330,19 @@ def test_short_training_learns_on_synthetic_scenes():
         losses.append(loss.item())
     model.eval()
     with torch.no_grad():
-        pred = model(x_val).argmax(1)
+        return losses, model(x_val).argmax(1)
+
+
+def test_short_training_learns_on_synthetic_scenes():
+    torch.manual_seed(0)
+    names = ["impervious surfaces", "building", "low vegetation", "tree"]
+    model = build_model("rpn", TINY, 4, img_size=64, class_names=names)
+    x_train, y_train = _blocky_scenes(48, seed=0)
+    x_val, y_val = _blocky_scenes(16, seed=1)
+    losses, pred = _train(model, x_train, y_train, x_val)
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.5 * first, (first, last)
-    miou = _miou(pred, y_val, names)
+    miou = helper_miou(pred, y_val, 4)
     assert miou > 0.6, miou  # chance (uniform random prediction) is about 1/7; measured 0.85
 
 
@@ -473,23 +470,9 @@ def test_short_training_on_synthetic_isprs_scenes_beats_the_majority_class():
     x_train, x_val = (x_train - mean) / std, (x_val - mean) / std
     torch.manual_seed(0)
     model = build_model("rpn", TINY, 6, img_size=64)  # ISPRS names
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    model.train()
-    g = torch.Generator().manual_seed(0)
-    losses = []
-    for _ in range(100):
-        idx = torch.randint(0, 48, (4,), generator=g)
-        loss = model.compute_loss(model(x_train[idx]), y_train[idx])["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    model.eval()
-    with torch.no_grad():
-        pred = model(x_val).argmax(1)
+    losses, pred = _train(model, x_train, y_train, x_val)
     assert sum(losses[-5:]) < 0.6 * sum(losses[:5]), losses
-    names = [f"class {i}" for i in range(6)]
-    miou = _miou(pred, y_val, names)
+    miou = helper_miou(pred, y_val, 6)
     majority = int(torch.bincount(y_train.flatten(), minlength=6).argmax())
-    base = _miou(torch.full_like(y_val, majority), y_val, names)
+    base = helper_miou(torch.full_like(y_val, majority), y_val, 6)
     assert miou > 1.5 * base, (miou, base)  # measured 0.119 vs 0.054

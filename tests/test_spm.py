@@ -6,7 +6,7 @@ import time
 
 import pytest
 import torch
-from helpers import miou, toy_batch
+from helpers import one_torch_thread, train_on_toy_batches
 
 from rsprompt.models.methods.spm import SPM, build_spm, class_prototypes
 from rsprompt.models.registry import available_methods, build_model
@@ -18,10 +18,8 @@ M = 64
 @pytest.fixture(autouse=True)
 def one_thread():
     """One torch thread: on a shared 2-core machine, 2 threads per process thrash."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with one_torch_thread():
+        yield
 
 
 def expected_prompt(widths: list[int], k: int, a: int, m: int = M) -> int:
@@ -192,21 +190,7 @@ def test_missing_and_partial_aux() -> None:
 def test_short_training_learns_from_the_dsm() -> None:
     start = time.perf_counter()
     model = tiny_cnn(decoder_channels=32)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
-    model.train()
-    losses = []
-    for step in range(40):
-        image, dsm, labels = toy_batch(4, seed=100 + step)
-        loss = model.compute_loss(model(image, dsm), labels)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    model.eval()
-    image, dsm, labels = toy_batch(8, seed=1)
-    with torch.no_grad():
-        with_dsm = miou(model(image, dsm).argmax(1), labels, 3)
-        without = miou(model(image, None).argmax(1), labels, 3)
+    losses, with_dsm, without = train_on_toy_batches(model)
     assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5
     # Chance is about 1/3; roofs vs. roads need the DSM, which enters only through the matcher.
     assert with_dsm > 0.65, (with_dsm, without)

@@ -94,7 +94,9 @@ def _valid_values(x: Array, ok: Array) -> np.ndarray:
     return np.asarray(x)[np.asarray(ok)].astype(np.float64)
 
 
-def missing_aux(shape: tuple[int, int], channels: int = 1, like: Array | None = None):
+def missing_aux(
+    shape: tuple[int, int], channels: int = 1, like: Array | None = None
+) -> tuple[Array, Array]:
     """Return a missing aux modality: zeros (``channels×H×W``) and an all-zero validity mask.
 
     Args:
@@ -104,6 +106,11 @@ def missing_aux(shape: tuple[int, int], channels: int = 1, like: Array | None = 
 
     Returns:
         ``(aux, aux_valid)``, both float32, ``channels×H×W`` and ``1×H×W``.
+
+    Example:
+        >>> aux, valid = missing_aux((2, 3), channels=2)
+        >>> aux.shape, valid.shape, float(aux.sum()), float(valid.sum())
+        ((2, 2, 3), (1, 2, 3), 0.0, 0.0)
     """
     if like is not None and _is_torch(like):
         return (

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from rsprompt.models.base import SegmentationModel
 
 
 def build_for_counting(
@@ -14,12 +17,19 @@ def build_for_counting(
     num_classes: int,
     aux_channels: int | None = None,
     **options: Any,
-):
+) -> SegmentationModel:
     """Build ``method`` on ``encoder`` without weights, as cheaply as it can be built.
 
     Tries the meta device first (no memory, no init: paper-size models in seconds); a builder that
     does not take ``device`` or cannot build on meta gets a random init on the CPU instead
     (seeded by ``encoder_seed``, default 0). No forward pass is run.
+
+    Args:
+        method: A registered method name (see ``available_methods``).
+        encoder: Encoder name understood by the method's builder.
+        num_classes: Number of output classes.
+        aux_channels: Aux channels (``None``: the method's default).
+        **options: Method options passed on to the builder (``encoder_seed``, …).
 
     Returns:
         The model (parameters possibly on the meta device).

@@ -28,7 +28,14 @@ class Potsdam(ISPRSDataset):
         dsm: ``dsm`` (``1_DSM``, float32 heights; default) or ``ndsm`` (the distributed 8-bit
             normalised DSM ``1_DSM_normalisation/…_normalized_lastools.jpg``, on the tile grid).
         variant: ``official`` or ``mobanet`` (official training tiles without 7_10).
-        **kwargs: See :class:`~rsprompt.data.datasets.isprs.ISPRSDataset`.
+        tiles: Explicit tile ids (overrides ``split``).
+        labels: ``full`` or ``eroded`` ("noBoundary", boundaries ignored).
+        normalization: Per-modality normalisation (``None``: raw values).
+        georeference: ``auto`` or ``never`` (see
+            :class:`~rsprompt.data.datasets.base.MultimodalTileDataset`).
+        label_tolerance: Largest per-channel colour difference accepted by the label decoder.
+        transforms: Function applied to each sample.
+        exclude_val: For ``train``, leave the validation tiles out.
 
     Raises:
         ValueError: For an unknown optical or DSM variant.

@@ -27,7 +27,7 @@ from typing import Any
 
 import click
 
-from rsprompt.commands._options import device_option, precision_option
+from rsprompt.commands._options import device_option, precision_option, scale_options
 
 #: Process settings of a prediction run, set (when absent) while the command runs:
 #: - ``OMP_WAIT_POLICY``: idle OpenMP threads of torch must not spin against the reader/writer
@@ -365,14 +365,13 @@ def _predict_all(
 
 
 @click.command("predict")
-@click.argument("scenes", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("scenes", nargs=-1, type=click.Path(path_type=Path))
 @click.option(
     "-m",
     "--model",
     "checkpoint",
-    required=True,
     type=click.Path(path_type=Path),
-    help="Model checkpoint (model.ckpt written by `rsprompt train`).",
+    help="Model checkpoint (model.ckpt written by `rsprompt train`). Required (except with --merge).",
 )
 @click.option(
     "--dem", help=f"DSM raster (any CRS/grid overlapping the scene); may use {PLACEHOLDERS}."
@@ -444,6 +443,7 @@ def _predict_all(
     help="Write the summaries as JSON (.json; its folder must exist).",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@scale_options
 @click.pass_context
 def predict(ctx: click.Context, **opts: Any) -> None:
     """Predict SCENES (optical GeoTIFFs) into Cloud-Optimised GeoTIFF class maps.
@@ -459,6 +459,14 @@ def predict(ctx: click.Context, **opts: Any) -> None:
 
     Several scenes, aux files by pattern: rsprompt predict a.tif b.tif -m model.ckpt
     --dem "{stem}_dsm.tif" --out-dir maps/
+
+    SCENES may be @list.txt files (one path per line, # comments, relative to the list) and
+    quoted glob patterns ("tiles/*.tif"); --mosaic joins them into one VRT scene.
+
+    Scale out (see docs/scale-out.md): --devices N [--num-nodes M] spreads the scenes, or row
+    bands of a large scene, over Lightning ranks; --shard i/N runs one task of a job array; the
+    last shard to finish merges (or: rsprompt predict --merge OUT_DIR). The results are identical
+    to a single-process run; reruns skip finished work.
     """
     with _tuned_process():
         from rasterio._err import CPLE_BaseError
@@ -502,35 +510,49 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def _run(
-    printer: _WarningPrinter,
-    *,
-    scenes: tuple[Path, ...],
-    checkpoint: Path,
-    dem: str | None,
-    sar: str | None,
-    bands: str | None,
-    aux_bands: str | None,
-    output: str | None,
-    out_dir: Path | None,
-    window: int | None,
-    overlap: int | None,
-    batch_size: int,
-    tta: bool,
-    probabilities: str | None,
-    vectors: str | None,
-    overwrite: bool,
-    device: str,
-    precision: str,
-    classes: str | None,
-    palette: str | None,
-    weights: str | None,
-    overviews: str,
-    compress: str,
-    summary_json: Path | None,
-    quiet: bool,
-) -> None:
-    """The command: check everything, load the model, predict each scene under output locks."""
+@dataclass
+class _Setup:
+    """What both a single run and a job need: the plan, the model's options, the run options."""
+
+    plan: _Plan
+    aux_kind: str | None
+    predictor_args: dict[str, Any]
+    options: dict[str, Any]
+    device: str
+    precision: str
+    quiet: bool
+    overwrite: bool
+
+
+def _scene_paths(scenes: tuple[Path, ...], mosaic: Path | None, overwrite: bool) -> tuple:
+    """SCENES with @lists and patterns expanded; all of them as one VRT with --mosaic."""
+    from rsprompt.inference.inputs import expand_scenes, write_mosaic
+
+    paths = expand_scenes([str(s) for s in scenes])
+    if mosaic is None:
+        return tuple(paths)
+    if mosaic.suffix.lower() != ".vrt":
+        raise click.BadParameter(f"{mosaic} must be a .vrt file", param_hint="--mosaic")
+    if any(same_path(mosaic, p) for p in paths):
+        raise click.BadParameter(f"{mosaic} is one of the SCENES", param_hint="--mosaic")
+    return (write_mosaic(paths, mosaic, overwrite=overwrite),)
+
+
+def same_path(a: Path, b: Path) -> bool:
+    """Whether two paths name one file."""
+    from rsprompt.inference.writers import same_file
+
+    return same_file(a, b)
+
+
+def _setup(opts: dict[str, Any]) -> _Setup:
+    """Check the options and plan every scene's outputs (nothing is loaded or written)."""
+    dem, sar = opts["dem"], opts["sar"]
+    window, overlap = opts["window"], opts["overlap"]
+    if opts["checkpoint"] is None:
+        raise click.UsageError("Missing option '-m' / '--model'.")
+    if not opts["scenes"]:
+        raise click.UsageError("Missing argument 'SCENES...'.")
     if dem is not None and sar is not None:
         raise click.UsageError("give --dem or --sar, not both")
     if window is not None and overlap is not None and overlap >= window:
@@ -538,61 +560,110 @@ def _run(
     aux_pattern, aux_kind = (dem, "dsm") if dem is not None else (sar, "sar")
     if aux_pattern is None:
         aux_kind = None
-    patterns = (output, probabilities, vectors)
+    scenes = _scene_paths(opts["scenes"], opts["mosaic"], opts["overwrite"])
+    output, out_dir = opts["output"], opts["out_dir"]
+    patterns = (output, opts["probabilities"], opts["vectors"])
     _check_patterns(scenes, output, out_dir, dict(zip(OPTION_NAMES, patterns, strict=True)))
-
-    from rsprompt.engine.device import DeviceError, resolve_device
-    from rsprompt.engine.precision import PrecisionError, resolve_precision
-    from rsprompt.inference.from_checkpoint import CheckpointPredictor
-    from rsprompt.inference.writers import locked_outputs
-
-    try:
-        torch_device = resolve_device(device)
-    except DeviceError as exc:
-        raise click.BadParameter(str(exc), param_hint="--device") from None
     jobs = _plan_jobs(scenes, aux_pattern, patterns, out_dir)
+    checkpoint, weights, palette = opts["checkpoint"], opts["weights"], opts["palette"]
     extra = [("checkpoint", checkpoint)]
     extra += [("--weights file", Path(weights))] if weights is not None else []
     if palette is not None and Path(palette).is_file():
         extra.append(("palette file", Path(palette)))
-    plan = _build_plan(jobs, summary_json, out_dir, extra)
-    _check_plan(plan, overwrite)
-    predictor = CheckpointPredictor(
-        checkpoint,
-        weights=weights,
-        device=torch_device,
-        classes=classes.split(",") if classes is not None else None,
-        palette=palette,
-        bands=_band_numbers(bands, "--bands"),
-        aux_bands=_band_numbers(aux_bands, "--aux-bands"),
-    )
-    try:
-        numeric = resolve_precision(precision, torch_device, model_key=predictor.meta.get("method"))
-    except PrecisionError as exc:
-        raise click.BadParameter(str(exc), param_hint="--precision") from None
-    if not quiet:
-        click.echo(f"device {torch_device}, precision {numeric}", err=True)
-    for job in jobs:  # every input is checked before anything is written
-        predictor.check(job.scene, aux=job.aux, aux_kind=aux_kind)
-    created = _make_folder(out_dir) if out_dir is not None else []
-    finals = [o.path for o in plan.outputs() if not o.removes]
+    plan = _build_plan(jobs, opts["summary_json"], out_dir, extra)
+    classes = opts["classes"]
+    predictor_args = {
+        "checkpoint": checkpoint,
+        "weights": weights,
+        "classes": classes.split(",") if classes is not None else None,
+        "palette": palette,
+        "bands": _band_numbers(opts["bands"], "--bands"),
+        "aux_bands": _band_numbers(opts["aux_bands"], "--aux-bands"),
+    }
     options = {
         "window": window,
         "overlap": overlap,
-        "batch_size": batch_size,
-        "tta": tta,
-        "overwrite": overwrite,
-        "precision": numeric,
-        "overview_resampling": overviews,
-        "compress": compress,
-        "progress": not quiet,
+        "batch_size": opts["batch_size"],
+        "tta": opts["tta"],
+        "overwrite": opts["overwrite"],
+        "overview_resampling": opts["overviews"],
+        "compress": opts["compress"],
+        "progress": not opts["quiet"],
     }
+    return _Setup(
+        plan,
+        aux_kind,
+        predictor_args,
+        options,
+        opts["device"],
+        opts["precision"],
+        opts["quiet"],
+        opts["overwrite"],
+    )
+
+
+def _load_predictor(setup: _Setup, torch_device: Any) -> tuple[Any, str]:
+    """The model on ``torch_device`` and the resolved forward precision."""
+    from rsprompt.engine.precision import PrecisionError, resolve_precision
+    from rsprompt.inference.from_checkpoint import CheckpointPredictor
+
+    args = dict(setup.predictor_args)
+    predictor = CheckpointPredictor(args.pop("checkpoint"), device=torch_device, **args)
+    try:
+        numeric = resolve_precision(
+            setup.precision, torch_device, model_key=predictor.meta.get("method")
+        )
+    except PrecisionError as exc:
+        raise click.BadParameter(str(exc), param_hint="--precision") from None
+    return predictor, numeric
+
+
+def _torch_device(device: str) -> Any:
+    from rsprompt.engine.device import DeviceError, resolve_device
+
+    try:
+        return resolve_device(device)
+    except DeviceError as exc:
+        raise click.BadParameter(str(exc), param_hint="--device") from None
+
+
+def _run(printer: _WarningPrinter, **opts: Any) -> None:
+    """The command: a merge, a job (--devices/--num-nodes/--shard), or a single run."""
+    from rsprompt.commands._predict_job import run_job, run_merge
+
+    if opts["merge_dir"] is not None:
+        if opts["scenes"] or opts["shard"] is not None:
+            raise click.UsageError("--merge OUT_DIR takes no SCENES and no --shard")
+        run_merge(opts["merge_dir"], overwrite=opts["overwrite"], quiet=opts["quiet"])
+        return
+    setup = _setup(opts)
+    if opts["shard"] is not None or opts["devices"] > 1 or opts["num_nodes"] > 1:
+        run_job(printer, setup, opts)
+        return
+    _run_single(printer, setup)
+
+
+def _run_single(printer: _WarningPrinter, setup: _Setup) -> None:
+    """One process: check everything, load the model, predict each scene under output locks."""
+    from rsprompt.inference.writers import locked_outputs
+
+    plan, overwrite = setup.plan, setup.overwrite
+    torch_device = _torch_device(setup.device)
+    _check_plan(plan, overwrite)
+    predictor, numeric = _load_predictor(setup, torch_device)
+    if not setup.quiet:
+        click.echo(f"device {torch_device}, precision {numeric}", err=True)
+    for job in plan.jobs:  # every input is checked before anything is written
+        predictor.check(job.scene, aux=job.aux, aux_kind=setup.aux_kind)
+    created = _make_folder(plan.out_dir) if plan.out_dir is not None else []
+    finals = [o.path for o in plan.outputs() if not o.removes]
+    options = dict(setup.options, precision=numeric)
     try:
         with locked_outputs(finals, keep=[p for _, p in plan.inputs]):
             _check_plan(plan, overwrite)  # again under the locks (another run may have finished)
-            summaries = _predict_all(predictor, plan, printer, aux_kind, options)
-            if summary_json is not None:
-                _write_summary(summary_json, summaries, overwrite)
+            summaries = _predict_all(predictor, plan, printer, setup.aux_kind, options)
+            if plan.summary is not None:
+                _write_summary(plan.summary.path, summaries, overwrite)
     except BaseException:
         _remove_empty(created)
         raise

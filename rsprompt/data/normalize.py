@@ -32,6 +32,8 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
+from rsprompt.data.validity import band_valid, usable_nodata
+
 Array = np.ndarray | torch.Tensor
 
 #: ImageNet statistics (timm's default for ViT/DINOv2/MiT), on values scaled to [0, 1].
@@ -53,18 +55,21 @@ def _as_chw(x: Array) -> Array:
 
 
 def _valid_of(x: Array, valid: Array | None, nodata: float | None) -> Array:
-    """Validity (bool, same shape as ``x``): finite, not nodata and inside ``valid``."""
+    """Validity (bool, same shape as the float32 ``x``): finite, not nodata and inside ``valid``.
+
+    The rule of :func:`rsprompt.data.validity.band_valid` (used as is for numpy arrays; a tensor
+    applies the same rule on its own device).
+    """
     if _is_torch(x):
         ok = torch.isfinite(x)
-        if nodata is not None and math.isfinite(nodata):
-            ok &= x != nodata
+        nd = usable_nodata(nodata, np.float32)
+        if nd is not None:
+            ok &= x != nd
         if valid is not None:
             v = torch.as_tensor(valid, device=x.device).to(torch.bool)
             ok &= v if v.ndim == x.ndim else v[None]
         return ok
-    ok = np.isfinite(x)
-    if nodata is not None and math.isfinite(nodata):
-        ok &= x != nodata
+    ok = band_valid(x, nodata)
     if valid is not None:
         v = np.asarray(valid).astype(bool, copy=False)
         ok &= v if v.ndim == x.ndim else v[None]

@@ -6,11 +6,19 @@ import pytest
 from rsprompt.inference.windows import (
     axis_offsets,
     axis_weight,
-    weight_sum,
     window_grid,
-    window_rows,
     window_weight,
 )
+
+
+def weight_sum(height, width, window, overlap):
+    """Accumulated blending weight of the whole grid (``H×W``)."""
+    total = np.zeros((height, width), dtype=np.float64)
+    for win in window_grid(height, width, window, overlap):
+        total[win.row : win.row_end, win.col : win.col_end] += window_weight(
+            win, height, width, overlap
+        )
+    return total
 
 
 @pytest.mark.parametrize(
@@ -45,9 +53,12 @@ def test_bad_grid_arguments():
 def test_grid_row_major_and_equal_sizes():
     wins = window_grid(700, 1000, 256, 64)
     assert len({(w.height, w.width) for w in wins}) == 1
-    rows = window_rows(wins)
-    assert [r[0].row for r in rows] == sorted({w.row for w in wins})
-    assert sum(len(r) for r in rows) == len(wins)
+    # rows of windows start every 256 - 64 = 192 px, the last shifted to 700 - 256 = 444;
+    # columns at 0, 192, 384, 576 and 1000 - 256 = 744
+    assert [(w.row, w.col) for w in wins[:6]] == [(0, 0), (0, 192), (0, 384), (0, 576),
+                                                  (0, 744), (192, 0)]  # fmt: skip
+    assert sorted({w.row for w in wins}) == [0, 192, 384, 444]
+    assert len(wins) == 4 * 5
     small = window_grid(100, 80, 256, 64)
     assert len(small) == 1 and (small[0].height, small[0].width) == (100, 80)
 

@@ -43,7 +43,7 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window as RioWindow
 
 from rsprompt.data.validity import band_valid, representable, usable_nodata, valid_pixels
-from rsprompt.inference.windows import Window
+from rsprompt.tiling import Window
 
 #: ``(image, valid, aux, aux_valid, (row, col))`` → the same four arrays, for a whole strip.
 StripFn = Callable[

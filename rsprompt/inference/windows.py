@@ -1,181 +1,158 @@
-"""Window grids and blending weights for tiled prediction of whole scenes.
+"""Stage 1 of prediction, the window plan: which windows, in which batches, for which rows.
 
-The grid covers a scene with windows of one size. Consecutive windows overlap by ``overlap``
-pixels; the last window of a row or column is shifted back so that it ends on the scene's edge
-(never padded with data that does not exist). A scene smaller than the window gets one window as
-large as the scene in that direction (the predictor pads the model input and crops the output).
+The grid and the blending weights themselves live in :mod:`rsprompt.tiling` (shared with
+:mod:`rsprompt.engine.evaluate`) and are re-exported here. :class:`WindowPlan` adds what scene
+prediction needs on top:
 
-Blending: each window's class probabilities are multiplied by a smooth weight that ramps up over
-the overlap with a neighbouring window as ``sin²`` and stays 1 elsewhere, including along the
-scene's own edges (a cosine/Tukey window). On a regular grid the ramps of two neighbours sum to
-exactly 1 (``sin² + cos² = 1``); the shifted edge windows overlap more and are renormalised by
-the accumulated weight, so the blend is a partition of unity everywhere and has no seams.
+- column bands: a scene too wide for the memory budget is blended in bands of columns
+  (:func:`~rsprompt.tiling.column_bands`);
+- batching: each band's windows, row-major, cut into batches of ``batch_size``;
+- the strip of each window row (the columns read once per row of windows);
+- a row range: only the output rows ``[r0, r1)`` of the scene. Every window overlapping them is
+  computed, in the very batches the whole-scene plan has (a batch is kept whole, so the model sees
+  the same inputs batched the same way), so these rows blend exactly as in a single run;
+- the write alignment: finished rows leave the blender in multiples of :data:`STRIP_ROWS` (one
+  column band: striped temporary rasters) or of ``BLOCK`` (column bands: tiles), counted from the
+  first output row.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
+from rsprompt.inference.writers import BLOCK
+from rsprompt.tiling import (
+    WeightCache,
+    Window,
+    axis_offsets,
+    axis_weight,
+    band_windows,
+    column_bands,
+    row_bands,
+    row_windows,
+    window_grid,
+    window_weight,
+)
+
+__all__ = [
+    "STRIP_ROWS",
+    "Batch",
+    "WeightCache",
+    "Window",
+    "WindowPlan",
+    "axis_offsets",
+    "axis_weight",
+    "band_windows",
+    "column_bands",
+    "row_bands",
+    "row_windows",
+    "window_grid",
+    "window_weight",
+]
+
+#: Rows per strip of the temporary rasters (striped files, one column band): the blended rows
+#: are flushed in multiples of this, so that every write fills whole strips (see
+#: :class:`~rsprompt.inference.writers.StripWriter`).
+STRIP_ROWS = 16
 
 
 @dataclass(frozen=True)
-class Window:
-    """A window of the grid in pixel coordinates of the scene.
+class Batch:
+    """Windows predicted in one forward pass.
 
     Attributes:
-        row: First row.
-        col: First column.
-        height: Number of rows.
-        width: Number of columns.
+        band: Index of the column band the windows are blended in.
+        windows: The windows, row-major.
     """
 
-    row: int
-    col: int
-    height: int
-    width: int
-
-    @property
-    def row_end(self) -> int:
-        """One past the last row."""
-        return self.row + self.height
-
-    @property
-    def col_end(self) -> int:
-        """One past the last column."""
-        return self.col + self.width
+    band: int
+    windows: tuple[Window, ...]
 
 
-def axis_offsets(length: int, size: int, overlap: int) -> list[int]:
-    """Start offsets of windows of ``size`` covering ``length`` pixels with ``overlap``.
-
-    Args:
-        length: Scene length along the axis (pixels).
-        size: Window length; clipped to ``length`` for short scenes.
-        overlap: Overlap between consecutive windows (``0 <= overlap < size``).
-
-    Returns:
-        Sorted unique offsets; the last one is ``length - size`` (shifted inside the scene).
-
-    Example:
-        >>> axis_offsets(1000, 512, 128)
-        [0, 384, 488]
-    """
-    if length < 1:
-        raise ValueError(f"scene length must be >= 1, got {length}")
-    if size < 1:
-        raise ValueError(f"window size must be >= 1, got {size}")
-    if not 0 <= overlap < size:
-        raise ValueError(f"overlap must be in [0, window) = [0, {size}), got {overlap}")
-    size = min(size, length)
-    overlap = min(overlap, size - 1)
-    stride = size - overlap
-    offsets = list(range(0, length - size + 1, stride))
-    if offsets[-1] != length - size:
-        offsets.append(length - size)
-    return offsets
-
-
-def window_grid(height: int, width: int, window: int, overlap: int) -> list[Window]:
-    """All windows of a scene in row-major order (rows of windows top to bottom).
+class WindowPlan:
+    """The windows of a scene, their batches, column bands and the rows to produce.
 
     Args:
         height: Scene rows.
         width: Scene columns.
-        window: Window side (pixels).
-        overlap: Overlap between neighbouring windows (pixels).
+        window: Window side.
+        overlap: Overlap of neighbouring windows.
+        num_classes: ``K`` (sizes the blending accumulator).
+        batch_size: Windows per forward pass.
+        memory_mb: Budget of one column band's accumulator.
+        row_range: Output rows ``[r0, r1)``; ``None``: the whole scene.
 
-    Returns:
-        The windows; every one has the same size ``min(window, height) × min(window, width)``.
+    Raises:
+        ValueError: A row range outside the scene or empty.
     """
-    rows = axis_offsets(height, window, overlap)
-    cols = axis_offsets(width, window, overlap)
-    h, w = min(window, height), min(window, width)
-    return [Window(r, c, h, w) for r in rows for c in cols]
 
+    def __init__(
+        self,
+        height: int,
+        width: int,
+        window: int,
+        overlap: int,
+        *,
+        num_classes: int,
+        batch_size: int = 4,
+        memory_mb: float = 512.0,
+        row_range: tuple[int, int] | None = None,
+    ) -> None:
+        r0, r1 = row_range if row_range is not None else (0, height)
+        if not 0 <= r0 < r1 <= height:
+            raise ValueError(f"row range [{r0}, {r1}) is not inside the scene's {height} rows")
+        self.height, self.width, self.overlap = height, width, overlap
+        self.rows = (int(r0), int(r1))
+        self.windows = window_grid(height, width, window, overlap)
+        self.win_h, self.win_w = self.windows[0].height, self.windows[0].width
+        # A scene smaller than the window is padded to the window for the model.
+        self.in_h, self.in_w = max(window, self.win_h), max(window, self.win_w)
+        bytes_per_col = (num_classes + 2) * 4.0 * (self.win_h + BLOCK)
+        self.col_bands = column_bands(width, self.win_w, bytes_per_col, memory_mb * 2**20, BLOCK)
+        banded = len(self.col_bands) > 1
+        self.align = BLOCK if banded else STRIP_ROWS
+        self.strip_rows: int | None = None if banded else STRIP_ROWS
+        self.batches: list[Batch] = []
+        self._spans: dict[tuple[int, int], tuple[int, int]] = {}
+        for b, (c0, c1) in enumerate(self.col_bands):
+            wins = band_windows(self.windows, c0, c1) if banded else self.windows
+            for win in wins:
+                lo, hi = self._spans.get((b, win.row), (win.col, win.col_end))
+                self._spans[(b, win.row)] = (min(lo, win.col), max(hi, win.col_end))
+            for i in range(0, len(wins), batch_size):
+                chunk = tuple(wins[i : i + batch_size])
+                if any(self.needed(w) for w in chunk):
+                    self.batches.append(Batch(b, chunk))
 
-def _ramp(n: int) -> np.ndarray:
-    """Rising half-cosine ramp ``sin²(π/2 · (i + 0.5) / n)``, ``i = 0 … n-1`` (never exactly 0)."""
-    t = (np.arange(n, dtype=np.float64) + 0.5) / n
-    return np.sin(0.5 * np.pi * t) ** 2
+    @property
+    def n_windows(self) -> int:
+        """Windows computed (those of every kept batch)."""
+        return sum(len(b.windows) for b in self.batches)
 
+    @property
+    def is_part(self) -> bool:
+        """Whether only some rows of the scene are produced."""
+        return self.rows != (0, self.height)
 
-def axis_weight(length: int, offset: int, size: int, overlap: int) -> np.ndarray:
-    """1-D blending weight of a window at ``offset`` along an axis of ``length`` pixels.
+    def needed(self, win: Window) -> bool:
+        """Whether ``win`` covers an output row (only those are blended)."""
+        return win.row < self.rows[1] and win.row_end > self.rows[0]
 
-    The weight ramps up over the first ``overlap`` pixels unless the window starts at the scene's
-    edge, and ramps down over the last ``overlap`` pixels unless it ends at the scene's edge.
+    def strip_span(self, band: int, row: int) -> tuple[int, int]:
+        """Columns ``[c0, c1)`` of the strip read once for the window row at ``row`` of ``band``."""
+        return self._spans[(band, row)]
 
-    Returns:
-        float32 array of ``size`` values in ``(0, 1]``.
-    """
-    w = np.ones(size, dtype=np.float64)
-    ov = min(overlap, size // 2)
-    if ov > 0:
-        ramp = _ramp(ov)
-        if offset > 0:
-            w[:ov] *= ramp
-        if offset + size < length:
-            w[size - ov :] *= ramp[::-1]
-    return w.astype(np.float32)
+    def band_extent(self, band: int) -> tuple[int, int, int]:
+        """``(first row, first column, end column)`` of the windows blended in ``band``."""
+        c0, c1 = self.col_bands[band]
+        wins = [w for w in band_windows(self.windows, c0, c1) if self.needed(w)]
+        return wins[0].row, min(w.col for w in wins), max(w.col_end for w in wins)
 
+    def flush_boundary(self, row: int) -> int:
+        """The last write boundary at or above ``row``.
 
-def window_weight(win: Window, height: int, width: int, overlap: int) -> np.ndarray:
-    """2-D blending weight (``win.height × win.width``, float32) of ``win`` in an ``height × width`` scene."""
-    wy = axis_weight(height, win.row, win.height, overlap)
-    wx = axis_weight(width, win.col, win.width, overlap)
-    return np.outer(wy, wx).astype(np.float32)
-
-
-def weight_sum(height: int, width: int, window: int, overlap: int) -> np.ndarray:
-    """Accumulated blending weight of the whole grid (for tests and diagnostics; ``H×W``)."""
-    total = np.zeros((height, width), dtype=np.float64)
-    for win in window_grid(height, width, window, overlap):
-        total[win.row : win.row_end, win.col : win.col_end] += window_weight(
-            win, height, width, overlap
-        )
-    return total
-
-
-def window_rows(windows: list[Window]) -> list[list[Window]]:
-    """Group row-major ``windows`` into rows of windows sharing the same first row."""
-    rows: list[list[Window]] = []
-    for win in windows:
-        if rows and rows[-1][0].row == win.row:
-            rows[-1].append(win)
-        else:
-            rows.append([win])
-    return rows
-
-
-def column_bands(
-    width: int, window_width: int, bytes_per_column: float, budget_bytes: float, align: int = 512
-) -> list[tuple[int, int]]:
-    """Split the scene's columns into bands whose accumulators fit in ``budget_bytes``.
-
-    A scene narrow enough is one band (the usual case). Otherwise each band's *core* columns
-    ``[c0, c1)`` start at multiples of ``align``; a band's accumulator spans its core plus the
-    windows overlapping it, so every core pixel is blended from exactly the windows of the global
-    grid that cover it (the result equals the unbanded one; windows across a band border are
-    computed once per band).
-
-    Args:
-        width: Scene columns.
-        window_width: Window width.
-        bytes_per_column: Accumulator bytes per column.
-        budget_bytes: Budget for one band's accumulator.
-        align: Band borders are multiples of this (the output's tile width).
-
-    Returns:
-        ``[(c0, c1), …]`` covering ``[0, width)``.
-    """
-    cols = int(budget_bytes // max(bytes_per_column, 1.0)) - 2 * window_width
-    core = max(align, cols // align * align)
-    if core >= width:
-        return [(0, width)]
-    return [(c, min(c + core, width)) for c in range(0, width, core)]
-
-
-def band_windows(windows: list[Window], c0: int, c1: int) -> list[Window]:
-    """The windows (row-major) that cover at least one column of ``[c0, c1)``."""
-    return [w for w in windows if w.col < c1 and w.col_end > c0]
+        Rows above it are final once a window starting at ``row`` arrives (row-major order).
+        Boundaries are the first output row plus multiples of :attr:`align`.
+        """
+        r0 = self.rows[0]
+        return r0 + (row - r0) // self.align * self.align

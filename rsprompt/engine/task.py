@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -597,8 +596,3 @@ class SegmentationTask(pl.LightningModule):
                 f"resume checkpoint lacks trainable tensors {sorted(missing)[:5]}"
             )
         self._pending_rng = checkpoint.get("rsprompt_rng")
-
-
-def trainable_tensors(model: SegmentationModel) -> Sequence[str]:
-    """Names of the trainable inference tensors (for reports and tests)."""
-    return list(model.adapter_state_dict())

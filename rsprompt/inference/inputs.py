@@ -181,6 +181,18 @@ _GDAL_TYPES = {
 }
 
 
+def _srs_text(crs: object) -> str:
+    """The tiles' CRS as the VRT's SRS: its authority code when it has one (``EPSG:32633``).
+
+    The code makes GDAL see exactly the tiles' CRS; a WKT dump may differ in details so that
+    an aux raster in that CRS would be reprojected (not just resampled) onto the mosaic.
+    """
+    auth = crs.to_authority()  # type: ignore[attr-defined]
+    if auth is not None:
+        return f"{auth[0]}:{auth[1]}"
+    return crs.to_wkt()  # type: ignore[attr-defined]
+
+
 def _vrt_document(
     placed: list[tuple],
     crs: object,
@@ -197,7 +209,7 @@ def _vrt_document(
         raise PredictError(f"mosaic tiles of type {dtype} are not supported")
     x0, px, y0, py = origin
     width, height = size
-    wkt = escape(crs.to_wkt()) if crs is not None else ""  # type: ignore[attr-defined]
+    wkt = escape(_srs_text(crs)) if crs is not None else ""
     parts = [
         f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">\n',
         f"  <SRS>{wkt}</SRS>\n",

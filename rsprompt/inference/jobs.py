@@ -21,7 +21,7 @@ and a rerun redoes only the missing units (all of them with ``overwrite``).
 The **merge** (:func:`merge_job`) runs once every unit is finished: by the last shard to finish
 (an exclusive lock keeps a second one out) or by ``rsprompt predict --merge OUT_DIR``. It moves
 whole-scene outputs into place, stitches row-band parts into the final COG with its sidecars
-(:func:`rsprompt.inference.predictor.merge_row_parts`), writes the summary JSON, and removes the
+(:func:`rsprompt.inference.parts.merge_row_parts`), writes the summary JSON, and removes the
 job folder only after every final output is committed. A merge that stops midway resumes where it
 stopped (each merged scene is recorded).
 """
@@ -497,7 +497,7 @@ def _place_whole(job: JobFolder, unit: Unit, spec: SceneSpec, overwrite: bool) -
 def _merge_bands(job: JobFolder, units: list[Unit], spec: SceneSpec, overwrite: bool) -> list[Path]:
     """Stitch a scene's row-band parts into its final outputs."""
     from rsprompt.data.labels import ClassTable
-    from rsprompt.inference.predictor import merge_row_parts
+    from rsprompt.inference.parts import merge_row_parts
 
     assert job.plan is not None
     names, colors = job.plan.classes

@@ -185,7 +185,7 @@ def _part_grid(reader: SceneReader, rows: tuple[int, int]) -> RasterGrid:
     r0, r1 = rows
     transform = reader.transform
     if r0:
-        transform = transform * Affine.translation(0, r0)
+        transform = transform @ Affine.translation(0, r0)
     return RasterGrid(r1 - r0, reader.width, reader.crs, transform, row0=r0)
 
 

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import uuid
@@ -61,6 +62,7 @@ def launch_ranks(accelerator: str, devices: int, num_nodes: int) -> Ranks:
     from lightning.fabric import Fabric
     from lightning.fabric.strategies import DDPStrategy
 
+    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)  # no launch banner
     try:
         fabric = Fabric(
             accelerator=accelerator,
@@ -157,11 +159,10 @@ class JobProgress:
             bar.close()
 
     def close(self) -> None:
-        """Stop the bar (rank 0) and remove this rank's file."""
+        """Stop the bar (rank 0); the files go with the job folder when it is merged."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        self.mine.unlink(missing_ok=True)
 
 
 @dataclass

@@ -11,16 +11,84 @@ from test_configs import _make, tiny_args
 from rsprompt.cli import main
 from rsprompt.engine import task as task_module
 from rsprompt.engine.cli_train import run_train
-from rsprompt.engine.evaluate import evaluate_tiles, sliding_window_logits, window_offsets
+from rsprompt.engine.evaluate import evaluate_tiles, sliding_window_scores
 from rsprompt.models.methods.rpn import RPN
+from rsprompt.tiling import axis_offsets
 
 
-def test_window_offsets():
-    assert window_offsets(100, 40, 30) == [0, 30, 60]
-    assert window_offsets(100, 40, 20) == [0, 20, 40, 60]
-    assert window_offsets(30, 40, 10) == [0]
-    with pytest.raises(ValueError):
-        window_offsets(10, 0, 1)
+def test_window_offsets_are_the_prediction_grid():
+    # evaluate's crops every `stride` px are prediction's grid with overlap = window - stride
+    assert axis_offsets(100, 40, 40 - 30) == [0, 30, 60]
+    assert axis_offsets(100, 40, 40 - 20) == [0, 20, 40, 60]
+    assert axis_offsets(30, 40, 40 - 10) == [0]
+    model = ef.TinyModel("x", 3, 0).eval()
+    with pytest.raises(ValueError, match="positive"):
+        sliding_window_scores(model, torch.zeros(3, 10, 10), window=0, stride=1)
+    with pytest.raises(ValueError, match="gaps"):
+        sliding_window_scores(model, torch.zeros(3, 10, 10), window=4, stride=5)
+
+
+class Counter(torch.nn.Module):
+    """Logit of class 0 = the number of the call (one window per call), class 1 = 0."""
+
+    aux_channels = 0
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, image, aux=None, aux_valid=None):
+        self.calls += 1
+        b, _, h, w = image.shape
+        return torch.cat([torch.full((b, 1, h, w), float(self.calls)), torch.zeros(b, 1, h, w)], 1)
+
+
+def test_sum_blend_is_the_mean_of_the_window_logits_by_hand():
+    # 6×6 tile, window 4, stride 2: windows at (0,0), (0,2), (2,0), (2,2) → logits 1, 2, 3, 4
+    out = sliding_window_scores(Counter(), torch.zeros(3, 6, 6), window=4, stride=2, batch_size=1)
+    assert out[0, 0, 0] == 1.0  # window 1 only
+    assert out[0, 0, 3] == 1.5  # windows 1 and 2
+    assert out[0, 3, 0] == 2.0  # windows 1 and 3
+    assert out[0, 2, 2] == 2.5  # all four
+    assert out[0, 5, 5] == 4.0 and (out[1] == 0).all()
+
+
+def test_cosine_blend_agrees_with_the_predict_blender():
+    """evaluate and predict share the window plan and weights: same blended probabilities."""
+    import numpy as np
+
+    from rsprompt.inference.blender import Blender
+    from rsprompt.inference.model_step import ScoredBatch
+    from rsprompt.inference.windows import WindowPlan
+
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 4, 5, padding=2).eval()  # context: windows differ at the borders
+
+    def net(image, aux=None, aux_valid=None):
+        return model(image)
+
+    image = torch.randn(3, 70, 53)
+    scores = sliding_window_scores(net, image, window=32, stride=24, blend="cosine")
+    plan = WindowPlan(70, 53, 32, 8, num_classes=4, batch_size=4)
+    rows = []
+
+    class Sink:
+        wants_probabilities = True
+
+        def write(self, row, col, classes, probs):
+            rows.append((row, classes, probs))
+
+    blender = Blender(plan, Sink(), dtype="uint8", nodata=255, num_classes=4)
+    for batch in plan.batches:
+        crops = torch.stack([image[:, w.row : w.row_end, w.col : w.col_end] for w in batch.windows])
+        with torch.no_grad():
+            probs = model(crops).softmax(1).numpy()
+        blender.add(ScoredBatch(batch, probs, np.ones((len(batch.windows), 32, 32), bool)))
+    blender.finish()
+    classes = np.concatenate([c for _, c, _ in rows])
+    p8 = np.concatenate([p for _, _, p in rows], axis=1)
+    np.testing.assert_array_equal(classes, scores.argmax(0).numpy())
+    assert np.abs(p8.astype(float) - 255 * scores.numpy()).max() <= 0.5 + 1e-3
 
 
 @pytest.mark.parametrize("blend", ["sum", "cosine"])
@@ -32,14 +100,14 @@ def test_sliding_window_matches_a_pointwise_model(blend):
     image = torch.randn(3, 50, 37)
     with torch.no_grad():
         full = model(image[None])[0]
-    out = sliding_window_logits(model, image, window=16, stride=8, blend=blend, batch_size=5)
+    out = sliding_window_scores(model, image, window=16, stride=8, blend=blend, batch_size=5)
     assert out.shape == (3, 50, 37)
     if blend == "sum":
         torch.testing.assert_close(out, full, atol=1e-5, rtol=1e-5)
     else:
         torch.testing.assert_close(out, full.softmax(0), atol=1e-5, rtol=1e-5)
     # a tile smaller than the window is padded and cropped back
-    assert sliding_window_logits(model, image[:, :10, :9], window=16, stride=8).shape == (3, 10, 9)
+    assert sliding_window_scores(model, image[:, :10, :9], window=16, stride=8).shape == (3, 10, 9)
 
 
 def test_evaluate_tiles_perfect_model():

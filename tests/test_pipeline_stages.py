@@ -133,7 +133,7 @@ def _blend(rows):
     sink = RecordingSink()
     blender = Blender(plan, sink, dtype="uint8", nodata=255, num_classes=2)
     for batch in plan.batches:
-        probs = np.zeros((len(batch.windows), 2, 16, 8), np.float32)
+        probs = np.zeros((len(batch.windows), 2, 16, 8), np.float32)  # K = 2
         for i, w in enumerate(batch.windows):
             probs[i, 0 if w.row < 24 else 1] = 1.0  # rows 0 and 16 say class 0, row 24 class 1
         valid = np.ones((len(batch.windows), 16, 8), bool)
@@ -190,17 +190,13 @@ def test_model_step_pads_small_windows_and_checks_classes():
         THREE,
         device=torch.device("cpu"),
         precision="32",
-        window=(5, 5),
-        model_input=(8, 8),
+        window=8,  # the model takes 8 × 8: the 5 × 5 window is padded and cropped back
         on_batch=seen.append,
     )
     out = step(item)
     assert model.shapes == [(1, 3, 8, 8)] and out.probs.shape == (1, 3, 5, 5) and seen == [1]
     np.testing.assert_allclose(out.probs[0, :, 2, 2], [0.25, 0.5, 0.25], rtol=1e-6)
-    wrong = ModelStep(
-        Echo(2), THREE, device=torch.device("cpu"), precision="32", window=(5, 5),
-        model_input=(5, 5),
-    )  # fmt: skip
+    wrong = ModelStep(Echo(2), THREE, device=torch.device("cpu"), precision="32")
     with pytest.raises(PredictError, match="outputs 2 classes but the class table has 3"):
         wrong(item)
 
@@ -232,9 +228,7 @@ def test_sink_writes_a_part_with_shifted_transform(tmp_path):
     transform = rasterio.transform.from_origin(*ORIGIN, 1.0, 1.0)
     grid = RasterGrid(32, 8, rasterio.crs.CRS.from_string(CRS), transform, row0=48)
     with AtomicOutputs(overwrite=False) as outputs:
-        sink = MapSink(
-            outputs, MapTargets(out), grid, THREE, dtype="uint8", nodata=255, strip_rows=16
-        )
+        sink = MapSink(outputs, MapTargets(out), grid, THREE, strip_rows=16)
         cls = np.full((16, 8), 2, np.uint8)
         cls[0, 0] = 255
         sink.write(48, 0, cls, None)  # scene row 48 = the part's row 0

@@ -1,10 +1,12 @@
 """The sliding-window test protocol over whole tiles (``rsprompt evaluate``).
 
-Each tile is covered by ``window × window`` crops every ``stride`` pixels (the last crop of a row or
-column is shifted back to end on the tile's edge; a tile smaller than the window is zero-padded and
-the output cropped). Overlapping outputs are combined either as the papers did — raw logits
-**summed** — or **blended** with a smooth (``sin²``-ramp) window on the softmax probabilities. The
-argmax is compared with the label over the whole tile; the metrics come from one confusion matrix
+Each tile is covered by ``window × window`` crops every ``stride`` pixels: the window plan of scene
+prediction (:mod:`rsprompt.tiling`, ``overlap = window - stride``; the last crop of a row or column
+is shifted back to end on the tile's edge; a tile smaller than the window is zero-padded and the
+output cropped). Overlapping outputs are combined either as the papers did — raw logits
+**summed** — or **blended** with the blending weights of scene prediction (``sin²`` ramps over the
+overlaps, 1 along the tile's edges) on the softmax probabilities. The argmax is compared with the
+label over the whole tile; the metrics come from one confusion matrix
 (:mod:`rsprompt.engine.metrics`).
 
 Example:
@@ -19,7 +21,7 @@ import inspect
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,39 +36,24 @@ from rsprompt.engine.metrics import (
 )
 from rsprompt.engine.precision import autocast
 from rsprompt.models.base import SegmentationModel
-
-Blend = Literal["sum", "cosine"]
+from rsprompt.tiling import Blend, WeightCache, Window, window_grid
 
 
 class EvaluateError(ValueError):
     """Evaluation cannot run as asked (the message names the file or option and the problem)."""
 
 
-def window_offsets(length: int, window: int, stride: int) -> list[int]:
-    """Start offsets along one axis: every ``stride``, the last one ending on the edge."""
-    if window <= 0 or stride <= 0:
-        raise ValueError(f"window and stride must be positive, got {window}, {stride}")
-    if length <= window:
-        return [0]
-    offs = list(range(0, length - window + 1, stride))
-    if offs[-1] != length - window:
-        offs.append(length - window)
-    return offs
-
-
-def _ramp_weight(window: int, device: torch.device) -> Tensor:
-    """2-D weight: ``sin²`` ramps over the outer quarter on each side, 1 inside (never 0)."""
-    n = max(1, window // 4)
-    w = torch.ones(window, dtype=torch.float32, device=device)
-    t = (torch.arange(n, dtype=torch.float32, device=device) + 0.5) / n
-    ramp = torch.sin(t * torch.pi / 2) ** 2
-    w[:n] = ramp
-    w[window - n :] = ramp.flip(0)
-    return w[:, None] * w[None, :]
+def _torch_weight(cache: WeightCache, win: Window, device: torch.device, memo: dict) -> Tensor:
+    """``cache(win)`` as a tensor on ``device`` (converted once per distinct array)."""
+    array = cache(win)
+    key = id(array)
+    if key not in memo:
+        memo[key] = (array, torch.from_numpy(array).to(device))
+    return memo[key][1]
 
 
 @torch.inference_mode()
-def sliding_window_logits(
+def sliding_window_scores(
     model: SegmentationModel,
     image: Tensor,
     aux: Tensor | None = None,
@@ -77,7 +64,15 @@ def sliding_window_logits(
     blend: Blend = "sum",
     batch_size: int = 8,
 ) -> Tensor:
-    """Scores ``K×H×W`` of a whole tile (summed logits, or blended probabilities).
+    """Scores ``K×H×W`` of a whole tile: mean logits (``sum``) or blended probabilities.
+
+    The windows are those of scene prediction (:func:`rsprompt.tiling.window_grid` with
+    ``overlap = window - stride``: one every ``stride`` pixels, the last shifted inside the tile;
+    a tile smaller than the window is one window, zero-padded for the model and cropped back).
+    ``sum`` is the papers' protocol: raw logits summed, divided by the number of windows (the
+    argmax is that of the sum). ``cosine`` weighs each window's softmax probabilities with
+    :func:`rsprompt.tiling.window_weight`, exactly as ``predict_scene`` blends, and divides by the
+    accumulated weight.
 
     Args:
         model: Model in eval mode (returns ``B×K×h×w`` logits).
@@ -85,49 +80,55 @@ def sliding_window_logits(
         aux: ``A×H×W`` aux tile or ``None``.
         aux_valid: ``1×H×W`` aux validity or ``None``.
         window: Crop size.
-        stride: Step between crops.
-        blend: ``sum`` (raw logits summed, the papers' protocol) or ``cosine``.
+        stride: Step between crops (at most ``window``).
+        blend: ``sum`` (raw logits, the papers' protocol) or ``cosine``.
         batch_size: Crops per forward pass.
+
+    Raises:
+        ValueError: ``window`` or ``stride`` not positive, or ``stride > window`` (gaps).
     """
+    if window <= 0 or stride <= 0:
+        raise ValueError(f"window and stride must be positive, got {window}, {stride}")
+    if stride > window:
+        raise ValueError(f"stride {stride} is larger than the window {window}: gaps between crops")
     _, h, w = image.shape
-    ph, pw = max(0, window - h), max(0, window - w)
-
-    def pad(x: Tensor | None) -> Tensor | None:
-        if x is None or (ph == 0 and pw == 0):
-            return x
-        return torch.nn.functional.pad(x, (0, pw, 0, ph))
-
-    image, aux, aux_valid = pad(image), pad(aux), pad(aux_valid)
-    hh, ww = image.shape[-2:]
-    coords = [
-        (r, c)
-        for r in window_offsets(hh, window, stride)
-        for c in window_offsets(ww, window, stride)
-    ]
-    weight = _ramp_weight(window, image.device) if blend == "cosine" else None
+    wins = window_grid(h, w, window, window - stride)
+    weights = WeightCache(h, w, window - stride, blend)
+    memo: dict[int, tuple[Any, Tensor]] = {}
     acc: Tensor | None = None
-    norm = torch.zeros(1, hh, ww, device=image.device)
-    for i in range(0, len(coords), batch_size):
-        chunk = coords[i : i + batch_size]
-
-        def crops(x: Tensor | None, chunk=chunk) -> Tensor | None:
-            if x is None:
-                return None
-            return torch.stack([x[:, r : r + window, c : c + window] for r, c in chunk])
-
-        out = model(crops(image), crops(aux), crops(aux_valid))
+    norm = torch.zeros(1, h, w, device=image.device)
+    for i in range(0, len(wins), batch_size):
+        chunk = wins[i : i + batch_size]
+        out = model(*(_crops(x, chunk, window) for x in (image, aux, aux_valid)))
         if isinstance(out, dict):
             out = out["logits"]
-        out = out.float()
+        out = out.float()[..., : chunk[0].height, : chunk[0].width]
         if acc is None:
-            acc = torch.zeros(out.shape[1], hh, ww, device=image.device)
+            acc = torch.zeros(out.shape[1], h, w, device=image.device)
         if blend == "cosine":
-            out = out.softmax(1) * weight
-        for (r, c), o in zip(chunk, out, strict=True):
-            acc[:, r : r + window, c : c + window] += o
-            norm[:, r : r + window, c : c + window] += 1.0 if weight is None else weight
+            out = out.softmax(1)
+        for win, o in zip(chunk, out, strict=True):
+            rs, cs = slice(win.row, win.row_end), slice(win.col, win.col_end)
+            if blend == "sum":
+                acc[:, rs, cs] += o
+                norm[:, rs, cs] += 1.0
+            else:
+                wt = _torch_weight(weights, win, image.device, memo)
+                acc[:, rs, cs] += o * wt
+                norm[:, rs, cs] += wt
     assert acc is not None
-    return (acc / norm.clamp_min(1e-12))[:, :h, :w]
+    return acc / norm.clamp_min(1e-12)
+
+
+def _crops(x: Tensor | None, chunk: list[Window], window: int) -> Tensor | None:
+    """The windows of ``x`` stacked, zero-padded to ``window`` when the tile is smaller."""
+    if x is None:
+        return None
+    crops = torch.stack([x[:, w.row : w.row_end, w.col : w.col_end] for w in chunk])
+    ph, pw = window - crops.shape[-2], window - crops.shape[-1]
+    if ph > 0 or pw > 0:
+        crops = torch.nn.functional.pad(crops, (0, max(pw, 0), 0, max(ph, 0)))
+    return crops
 
 
 def evaluate_tiles(
@@ -190,7 +191,7 @@ def evaluate_tiles(
                 else torch.as_tensor(np.asarray(v), dtype=torch.float32, device=device)
             )
         with autocast(device, precision):
-            scores = sliding_window_logits(
+            scores = sliding_window_scores(
                 model,
                 image,
                 aux,
@@ -396,6 +397,10 @@ def _protocol(
     if stride is None:
         stride = ev.get("stride") or max(1, window // 2)
     stride = _positive("stride", stride)
+    if stride > window:
+        raise EvaluateError(
+            f"stride {stride} is larger than the window {window}: the crops would leave gaps"
+        )
     blend = blend or ev.get("blend") or "sum"
     if blend not in ("sum", "cosine"):
         raise EvaluateError(f"blend must be 'sum' or 'cosine', got {blend!r}")

@@ -115,9 +115,8 @@ class ModelStep:
         classes: The class table (its size is checked against the model's output).
         device: Torch device (resolved).
         precision: Resolved forward precision (``"32"``, ``"bf16"``, ``"16"``).
-        window: ``(h, w)`` of the windows.
-        model_input: ``(h, w)`` the model takes (larger than ``window`` for a small scene:
-            the input is padded with ``pad_mode`` and the output cropped).
+        window: Window side the model takes: windows of a scene smaller than that are padded
+            to it with ``pad_mode`` and the output is cropped back (``None``: never padded).
         tta: Average over flips.
         pad_mode: ``reflect``, ``replicate`` or ``constant``.
         on_batch: Called with the number of windows after each batch (progress).
@@ -130,14 +129,13 @@ class ModelStep:
         *,
         device: torch.device,
         precision: str,
-        window: tuple[int, int],
-        model_input: tuple[int, int],
+        window: int | None = None,
         tta: bool = False,
         pad_mode: str = "reflect",
         on_batch: Callable[[int], Any] | None = None,
     ) -> None:
         self.model, self.classes, self.device, self.precision = model, classes, device, precision
-        self.window, self.model_input, self.tta, self.pad_mode = window, model_input, tta, pad_mode
+        self.window, self.tta, self.pad_mode = window, tta, pad_mode
         self.pinned = device.type == "cuda"
         self.on_batch = on_batch
         self._checked = False
@@ -150,7 +148,8 @@ class ModelStep:
         xv = None
         if item.aux_valid is not None:
             xv = to_device(item.aux_valid[:, None].astype(np.float32), dev, pinned)
-        (win_h, win_w), (in_h, in_w) = self.window, self.model_input
+        win_h, win_w = item.image.shape[-2:]
+        in_h, in_w = max(self.window or 0, win_h), max(self.window or 0, win_w)
         if (in_h, in_w) != (win_h, win_w):
             x = pad_to(x, in_h, in_w, self.pad_mode)
             if xa is not None:
@@ -159,20 +158,20 @@ class ModelStep:
         probs = forward_probs(self.model, x, xa, xv, self.tta, self.precision)
         probs = probs[..., :win_h, :win_w]
         if not self._checked:
-            self._check(probs)
+            self._check(probs, (win_h, win_w), (in_h, in_w))
         if self.on_batch is not None:
             self.on_batch(len(item.batch.windows))
         return ScoredBatch(item.batch, probs.cpu().numpy(), item.valid)
 
-    def _check(self, probs: Tensor) -> None:
+    def _check(self, probs: Tensor, window: tuple[int, int], model_input: tuple[int, int]) -> None:
         k = self.classes.num_classes
         if probs.shape[1] != k:
             raise PredictError(
                 f"the model outputs {probs.shape[1]} classes but the class "
                 f"table has {k} ({', '.join(self.classes.names)})"
             )
-        if probs.shape[-2:] != self.window:
-            in_h, in_w = self.model_input
+        if probs.shape[-2:] != window:
+            in_h, in_w = model_input
             raise PredictError(
                 f"the model returned {tuple(probs.shape[-2:])} logits for a {in_h}×{in_w} input"
             )

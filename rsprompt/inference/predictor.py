@@ -37,7 +37,7 @@ from rsprompt.inference.blender import Blender, StripAccumulator
 from rsprompt.inference.model_step import ModelStep, eval_mode
 from rsprompt.inference.model_step import forward_probs as _forward
 from rsprompt.inference.overlap import run_overlapped as _run_overlapped
-from rsprompt.inference.reader import PredictError, SceneReader
+from rsprompt.inference.reader import AuxStats, PredictError, SceneReader
 from rsprompt.inference.sink import MapSink, MapTargets, RasterGrid
 from rsprompt.inference.source import (
     NormalizeFn,
@@ -52,7 +52,6 @@ from rsprompt.inference.writers import (
     AtomicOutputs,
     PlannedOutput,
     check_planned,
-    class_dtype,
     find_collision,
     locked_outputs,
     stale_sidecars,
@@ -205,23 +204,30 @@ def _progress(enabled: bool, total: int, desc: str) -> Iterator[Callable[[int], 
 
 
 def _run_stages(
-    model: Any,
+    plan: WindowPlan,
     source: SceneSource,
     step: ModelStep,
-    blender: Blender,
     sink: MapSink,
     *,
+    progress: bool,
+    desc: str,
     overlap_io: bool,
     prefetch: int,
 ) -> None:
     """Source → model step → blender → sink over the whole plan.
 
-    The sink's rasters are closed whatever happens (a close error counts only if nothing failed
-    before).
+    The model runs in eval and inference mode (its training mode is restored after). The sink's
+    rasters are closed whatever happens (a close error counts only if nothing failed before).
     """
+    blender = Blender(plan, sink, dtype=sink.dtype, nodata=sink.nodata, num_classes=sink.k)
     ok = False
     try:
-        with eval_mode(model), torch.inference_mode():
+        with (
+            _progress(progress, plan.n_windows, desc) as on_batch,
+            eval_mode(step.model),
+            torch.inference_mode(),
+        ):
+            step.on_batch = on_batch
             if overlap_io:
                 _run_overlapped(source.batches, step, blender.add, prefetch)
             else:
@@ -231,6 +237,35 @@ def _run_stages(
         ok = True
     finally:
         sink.close(ok)
+
+
+def _summary(
+    reader: SceneReader,
+    rows: tuple[int, int],
+    plan: WindowPlan,
+    sink: MapSink,
+    step: ModelStep,
+    extra: list[Path],
+    stats: AuxStats | None,
+    seconds: float,
+) -> PredictSummary:
+    """What a run produced (the counts of its rows; the pixel area of the whole scene)."""
+    return PredictSummary(
+        scene=reader.scene_path,
+        output=sink.targets.classes,
+        width=reader.width,
+        height=rows[1] - rows[0],
+        class_names=list(sink.classes.names),
+        counts=sink.counts.tolist(),
+        nodata_pixels=sink.nodata_pixels,
+        pixel_area_m2=pixel_area_m2(reader.crs, reader.transform, reader.height, reader.width),
+        seconds=seconds,
+        windows=plan.n_windows,
+        extra_outputs=extra,
+        aux_stats=stats.as_dict() if stats is not None else None,
+        device=str(step.device),
+        numeric_precision=step.precision,
+    )
 
 
 def predict_scene(
@@ -332,22 +367,15 @@ def predict_scene(
             kept and no temporary file is left.
     """
     t_start = time.perf_counter()
-    scene, out_path = Path(scene), Path(out_path)
-    aux_path = Path(aux) if aux is not None else None
-    targets = MapTargets(
-        out_path,
-        Path(probabilities) if probabilities is not None else None,
-        Path(vectors) if vectors is not None else None,
-    )
-    part = row_range is not None
+    scene, out_path, part = Path(scene), Path(out_path), row_range is not None
+    targets = MapTargets.of(out_path, probabilities, vectors)
     planned = scene_outputs(out_path, targets.probabilities, targets.vectors, part=part)
-    inputs = [("scene", scene)] + ([("aux raster", aux_path)] if aux_path is not None else [])
+    inputs = [("scene", scene)] + ([("aux raster", Path(aux))] if aux is not None else [])
     _check_scene_outputs(planned, inputs, overwrite)
     _check_options(window, overlap, batch_size)
-    k = classes.num_classes
-    dtype, nodata = class_dtype(k)
-    device = resolve_device(device)
-    numeric = resolve_precision(precision, device)
+    dev = resolve_device(device)
+    step = ModelStep(model, classes, device=dev, precision=resolve_precision(precision, dev))
+    step.window, step.tta, step.pad_mode = window, tta, pad_mode
     reader = SceneReader(
         scene,
         aux,
@@ -369,61 +397,32 @@ def predict_scene(
                 reader.width,
                 window,
                 overlap,
-                num_classes=k,
+                num_classes=classes.num_classes,
                 batch_size=batch_size,
                 memory_mb=memory_mb,
                 row_range=rows,
             )
             what = f"the outputs of scene {scene} ({out_path}, …)"
-            with (
-                _atomic(overwrite, what, out_path) as outputs,
-                _progress(progress, plan.n_windows, scene.name) as on_batch,
-            ):
-                sink = MapSink(
-                    outputs,
-                    targets,
-                    _part_grid(reader, rows),
-                    classes,
-                    dtype=dtype,
-                    nodata=nodata,
-                    strip_rows=plan.strip_rows,
-                )
-                step = ModelStep(
-                    model,
-                    classes,
-                    device=device,
-                    precision=numeric,
-                    window=(plan.win_h, plan.win_w),
-                    model_input=(plan.in_h, plan.in_w),
-                    tta=tta,
-                    pad_mode=pad_mode,
-                    on_batch=on_batch,
-                )
-                blender = Blender(plan, sink, dtype=dtype, nodata=nodata, num_classes=k)
+            with _atomic(overwrite, what, out_path) as outputs:
+                grid = _part_grid(reader, rows)
+                sink = MapSink(outputs, targets, grid, classes, strip_rows=plan.strip_rows)
                 source = SceneSource(reader, norm, plan)
                 _run_stages(
-                    model, source, step, blender, sink, overlap_io=overlap_io, prefetch=prefetch
+                    plan,
+                    source,
+                    step,
+                    sink,
+                    progress=progress,
+                    desc=scene.name,
+                    overlap_io=overlap_io,
+                    prefetch=prefetch,
                 )
+                # to_cog and write_vectors looked up here: tests make this module's writers fail
                 extra = sink.finish(
                     part=part,
                     overview_resampling=overview_resampling,
                     compress=compress,
-                    cog=to_cog,  # looked up here: tests make this module's writers fail
+                    cog=to_cog,
                     polygonize=write_vectors,
                 )
-    return PredictSummary(
-        scene=scene,
-        output=out_path,
-        width=reader.width,
-        height=rows[1] - rows[0],
-        class_names=list(classes.names),
-        counts=sink.counts.tolist(),
-        nodata_pixels=sink.nodata_pixels,
-        pixel_area_m2=pixel_area_m2(reader.crs, reader.transform, reader.height, reader.width),
-        seconds=time.perf_counter() - t_start,
-        windows=plan.n_windows,
-        extra_outputs=extra,
-        aux_stats=stats.as_dict() if stats is not None else None,
-        device=str(device),
-        numeric_precision=numeric,
-    )
+    return _summary(reader, rows, plan, sink, step, extra, stats, time.perf_counter() - t_start)

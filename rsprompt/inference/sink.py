@@ -29,6 +29,7 @@ from rsprompt.inference.writers import (
     BLOCK,
     AtomicOutputs,
     StripWriter,
+    class_dtype,
     colormap,
     qml_text,
     quiet_stderr,
@@ -52,6 +53,20 @@ class MapTargets:
     classes: Path
     probabilities: Path | None = None
     vectors: Path | None = None
+
+    @classmethod
+    def of(
+        cls,
+        classes: str | Path,
+        probabilities: str | Path | None = None,
+        vectors: str | Path | None = None,
+    ) -> MapTargets:
+        """The targets from paths given as strings or paths."""
+        return cls(
+            Path(classes),
+            Path(probabilities) if probabilities is not None else None,
+            Path(vectors) if vectors is not None else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -102,9 +117,8 @@ class MapSink:
         outputs: The run's atomic outputs (the temporary rasters are its scratch files).
         targets: The final files.
         grid: The written raster's grid (for a part: its rows only, transform shifted).
-        classes: The class table.
-        dtype: Class map data type.
-        nodata: Class map nodata value.
+        classes: The class table (the class map's data type and nodata value follow from its
+            size, see :func:`~rsprompt.inference.writers.class_dtype`).
         strip_rows: Rows per strip of striped temporary rasters, or ``None`` for tiles.
 
     Raises:
@@ -118,12 +132,12 @@ class MapSink:
         grid: RasterGrid,
         classes: ClassTable,
         *,
-        dtype: str,
-        nodata: int,
         strip_rows: int | None,
     ) -> None:
         self.outputs, self.targets, self.grid, self.classes = outputs, targets, grid, classes
-        self.nodata = nodata
+        self.k = classes.num_classes
+        self.dtype, self.nodata = class_dtype(self.k)
+        dtype, nodata = self.dtype, self.nodata
         self.counts = np.zeros(classes.num_classes, np.int64)
         self.nodata_pixels = 0
         out = targets.classes

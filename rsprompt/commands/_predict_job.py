@@ -55,10 +55,14 @@ def _scene_size(path: Path) -> tuple[int, int]:
 
 def _can_split() -> bool:
     """Whether predict_scene predicts row bands (``row_range``) and parts can be merged."""
+    import importlib.util
+
     from rsprompt.inference import predictor
 
     params = inspect.signature(predictor.predict_scene).parameters
-    return "row_range" in params and hasattr(predictor, "merge_row_parts")
+    return (
+        "row_range" in params and importlib.util.find_spec("rsprompt.inference.parts") is not None
+    )
 
 
 def _make_plan(setup: Any, opts: dict[str, Any], predictor: Any, count: int) -> Any:
@@ -152,13 +156,15 @@ def run_job(printer: Any, setup: Any, opts: dict[str, Any]) -> None:
             job, shards[index], predictor, setup.aux_kind, options, overwrite=setup.overwrite,
             progress=progress,
         )  # fmt: skip
+        for unit, message in result.failed:
+            scene = plan.specs[unit.scene].scene
+            click.echo(
+                f"error: shard {index}/{count}, unit {unit.id} ({scene}): {message}", err=True
+            )
+        failed_somewhere = any_rank(bool(result.failed), ranks)  # waits for every rank
     finally:
         progress.close()
         printer.flush()
-    for unit, message in result.failed:
-        scene = plan.specs[unit.scene].scene
-        click.echo(f"error: shard {index}/{count}, unit {unit.id} ({scene}): {message}", err=True)
-    failed_somewhere = any_rank(bool(result.failed), ranks)
     if result.failed:
         raise click.ClickException(
             f"shard {index}/{count}: {len(result.failed)} of {len(shards[index])} unit(s) failed "
@@ -176,12 +182,11 @@ def run_job(printer: Any, setup: Any, opts: dict[str, Any]) -> None:
 def _finish(job: Any, index: int, count: int, result: Any, setup: Any) -> None:
     """Merge when every unit of the job is finished; else say what is left."""
     missing = job.missing()
-    if not setup.quiet:
-        click.echo(
-            f"shard {index}/{count}: {len(result.done)} unit(s) predicted, "
-            f"{len(result.skipped)} finished before",
-            err=True,
-        )
+    click.echo(
+        f"shard {index}/{count}: {len(result.done)} unit(s) predicted, "
+        f"{len(result.skipped)} finished before",
+        err=True,
+    )
     if missing:
         click.echo(
             f"{len(missing)} unit(s) of other shards are not finished yet; the last shard to "

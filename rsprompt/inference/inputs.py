@@ -105,8 +105,10 @@ def _on_grid(value: float, origin: float, step: float, path: Path) -> int:
 def mosaic_xml(sources: Sequence[Path], relative_to: Path | None = None) -> str:
     """The XML of a VRT mosaic of ``sources`` (see :func:`write_mosaic`)."""
     import rasterio
+    from rasterio.enums import MaskFlags
 
     tiles = []
+    masks: list[bool] = []
     grid = None
     for path in sources:
         try:
@@ -120,6 +122,7 @@ def mosaic_xml(sources: Sequence[Path], relative_to: Path | None = None) -> str:
                     )
                 grid = g
                 tiles.append((path, src.transform, src.width, src.height, src.nodata))
+                masks.append(MaskFlags.all_valid not in src.mask_flag_enums[0])
         except rasterio.errors.RasterioError as exc:
             raise PredictError(f"mosaic tile {path}: {' '.join(str(exc).split())}") from None
     if grid is None:
@@ -138,13 +141,36 @@ def mosaic_xml(sources: Sequence[Path], relative_to: Path | None = None) -> str:
     height = max(r + h for _, _, r, _, h, _ in placed)
     nodatas = {n for *_, n in placed}
     nodata = nodatas.pop() if len(nodatas) == 1 else None
+    masked = nodata is None and not (_covers(placed, width, height) and not any(masks))
     if nodata is not None and isinstance(nodata, float) and math.isnan(nodata):
         nodata_text = "nan"
     else:
         nodata_text = None if nodata is None else repr(nodata)
     return _vrt_document(
-        placed, crs, (x0, px, y0, py), (width, height), count, dtype, nodata_text, relative_to
+        placed,
+        crs,
+        (x0, px, y0, py),
+        (width, height),
+        (count, dtype),
+        (nodata_text, masked),
+        relative_to,
     )
+
+
+def _covers(placed: list[tuple], width: int, height: int) -> bool:
+    """Whether the tiles cover every pixel of the ``width × height`` mosaic."""
+    import numpy as np
+
+    xs = sorted(
+        {0, width, *(c for _, c, _, _, _, _ in placed), *(c + w for _, c, _, w, _, _ in placed)}
+    )
+    ys = sorted(
+        {0, height, *(r for _, _, r, _, _, _ in placed), *(r + h for _, _, r, _, h, _ in placed)}
+    )
+    covered = np.zeros((len(ys) - 1, len(xs) - 1), bool)
+    for _, c, r, w, h, _ in placed:
+        covered[ys.index(r) : ys.index(r + h), xs.index(c) : xs.index(c + w)] = True
+    return bool(covered.all())
 
 
 def _source_xml(
@@ -198,12 +224,17 @@ def _vrt_document(
     crs: object,
     origin: tuple[float, float, float, float],
     size: tuple[int, int],
-    count: int,
-    dtype: str,
-    nodata: str | None,
+    kind: tuple[int, str],
+    validity: tuple[str | None, bool],
     relative_to: Path | None,
 ) -> str:
-    """The VRT: one band per tile band; without a common nodata, a mask from the tiles' masks."""
+    """The VRT: one band per tile band, with the tiles' nodata or a mask.
+
+    ``masked``: a mask band from the tiles' masks, used where they have no common nodata and do
+    not cover the mosaic (or have masks).
+    """
+    count, dtype = kind
+    nodata, masked = validity
     gdal_type = _GDAL_TYPES.get(dtype)
     if gdal_type is None:
         raise PredictError(f"mosaic tiles of type {dtype} are not supported")
@@ -222,7 +253,7 @@ def _vrt_document(
         for tile in placed:
             parts.append(_source_xml("SimpleSource", tile[0], str(b), tile, dtype, relative_to))
         parts.append("  </VRTRasterBand>\n")
-    if nodata is None:  # outside the tiles (and where they are masked) there is no data
+    if masked:  # outside the tiles (and where they are masked) there is no data
         parts.append('  <MaskBand>\n    <VRTRasterBand dataType="Byte">\n')
         for tile in placed:
             parts.append(_source_xml("SimpleSource", tile[0], "mask,1", tile, dtype, relative_to))
@@ -237,7 +268,7 @@ def write_mosaic(sources: Sequence[Path], vrt: Path, *, overwrite: bool = False)
     Tiles must share CRS, pixel size, band count and data type and sit on one pixel grid (no
     resampling). The tiles are referenced relative to the VRT's folder. Where no tile covers the
     mosaic there is no data: the tiles' common nodata value, else a mask built from the tiles'
-    masks. Writing the same mosaic again (same XML) is a no-op, so parallel shards may all call it.
+    masks (none when the tiles cover the mosaic and have neither). Writing the same mosaic again (same XML) is a no-op, so parallel shards may all call it.
 
     Raises:
         PredictError: Tiles that do not fit one grid, or ``vrt`` exists with other content and

@@ -203,7 +203,10 @@ def _stamp(path: str | None) -> list[Any] | None:
     """``[path, size, mtime_ns]`` of an input (a changed input makes a new plan)."""
     if path is None:
         return None
-    st = os.stat(path)
+    try:
+        st = os.stat(path)
+    except OSError:  # a missing input: the shard that predicts it reports it
+        return [path, None, None]
     return [path, st.st_size, st.st_mtime_ns]
 
 

@@ -46,8 +46,9 @@ from rsprompt.inference.summary import PredictSummary
 BACKEND = "onnxruntime"
 #: ``predict_scene`` options this backend sets itself (passing them is a mistake).
 RESERVED = ("normalize", "expected_bands", "aux_channels", "model", "classes", "device")
-#: Options of the torch backend that have no meaning here (the CLI refuses them).
-TORCH_ONLY = ("weights", "classes")
+#: ``rsprompt predict`` options of the torch backend only: an ONNX file has no encoder weights
+#: to relocate, and its vocabulary is frozen at export.
+TORCH_ONLY_OPTIONS = ("--weights", "--classes")
 
 _FLAGS = {"dsm": "--dem", "sar": "--sar"}
 

@@ -391,3 +391,45 @@ def test_bad_input_fails_its_shard_only(data, tmp_path):
         u for u in _units_of(out, 0) + _units_of(out, 1) if not u.startswith("s0001")
     )
     assert not list(out.glob("*.tif"))
+
+
+# ------------------------------------------------------------------- Lightning ranks (2 × gloo)
+def test_two_cpu_ranks_match_the_single_run(data, reference, tmp_path):
+    out = tmp_path / "maps"
+    scenes = [p.name for p in four_scenes(data)]
+    res = cli(
+        data, *scenes, *common(data, out), "--summary-json", tmp_path / "s.json",
+        "--devices", 2, "--accelerator", "cpu",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "shard 0/2: 2 unit(s) predicted" in res.stderr  # rank 0's report
+    assert "distributed_backend" not in res.stderr  # no Lightning banner
+    assert res.stdout.count("job: 4 scene(s)") == 1  # one summary, from rank 0
+    assert_same_outputs(reference / "four", out)
+    assert class_counts(tmp_path / "s.json") == class_counts(reference / "four.json")
+
+
+def test_one_scene_in_two_bands_on_two_ranks(data, reference, tmp_path):
+    from rsprompt.commands._predict_job import _can_split
+
+    if not _can_split():
+        pytest.skip("predict_scene has no row_range / merge_row_parts yet")
+    out = tmp_path / "maps"
+    res = cli(data, "big.tif", *common(data, out), "--devices", 2, "--accelerator", "cpu")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "shard 0/2: 1 unit(s) predicted" in res.stderr  # a band each
+    assert_same_outputs(reference / "big", out)
+
+
+def test_bad_input_on_one_rank_fails_the_launch(data, tmp_path):
+    out = tmp_path / "maps"
+    (tmp_path / "s0.tif").symlink_to(data / "s0.tif")
+    (tmp_path / "s1.tif").symlink_to(data / "s1.tif")
+    (tmp_path / "s0_dsm.tif").symlink_to(data / "s0_dsm.tif")  # s1 has no DSM
+    res = cli(
+        tmp_path, "s0.tif", "s1.tif", *common(data, out), "--devices", 2, "--accelerator", "cpu"
+    )
+    assert res.returncode != 0
+    assert "s1_dsm.tif: file not found" in res.stderr and "Traceback" not in res.stderr
+    assert len(manifests(out)) == 1  # s0's unit finished on the other rank, and is kept
+    assert not list(out.glob("*.tif"))

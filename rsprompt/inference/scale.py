@@ -62,7 +62,8 @@ def launch_ranks(accelerator: str, devices: int, num_nodes: int) -> Ranks:
     from lightning.fabric import Fabric
     from lightning.fabric.strategies import DDPStrategy
 
-    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)  # no launch banner
+    for name in ("lightning.fabric", "lightning.pytorch"):  # no launch banner
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         fabric = Fabric(
             accelerator=accelerator,

@@ -378,6 +378,12 @@ def test_part_and_merge_refusals(tmp_path, scene_and_dsm):
         merge_row_parts([a, a], tmp_path / "m.tif", classes=_SIX)  # a gap/overlap of rows
     with pytest.raises(PredictError, match="give both or neither"):
         merge_row_parts([a, b], tmp_path / "m.tif", classes=_SIX, probabilities=tmp_path / "p.tif")
+    pa, pb = tmp_path / "pa.tif", tmp_path / "pb.tif"  # probabilities split at another row
+    _predict(scene, dsm, tmp_path / "c.tif", pa, row_range=(0, 60))
+    _predict(scene, dsm, tmp_path / "d.tif", pb, row_range=(60, 150))
+    with pytest.raises(PredictError, match="do not cover the rows"):
+        merge_row_parts([a, b], tmp_path / "m.tif", classes=_SIX, probability_parts=[pa, pb],
+                        probabilities=tmp_path / "p.tif")  # fmt: skip
     narrow = write_raster(tmp_path / "n.tif", np.zeros((100, 120), np.uint8))
     with pytest.raises(PredictError, match="does not match"):
         merge_row_parts([a, narrow], tmp_path / "m.tif", classes=_SIX)

@@ -125,7 +125,7 @@ class RowSink(Protocol):
 
 
 @dataclass
-class _Band:
+class _ColBand:
     index: int
     core: tuple[int, int]
     acc: StripAccumulator
@@ -153,15 +153,15 @@ class Blender:
             num_classes,
         )
         self.weights = WeightCache(plan.height, plan.width, plan.overlap, "cosine")
-        self._band: _Band | None = None
+        self._col_band: _ColBand | None = None
 
     def add(self, scored: ScoredBatch) -> None:
         """Blend one batch (windows outside the output rows are skipped)."""
-        if self._band is None or scored.batch.band != self._band.index:
+        if self._col_band is None or scored.batch.col_band != self._col_band.index:
             self.finish()
-            self._start(scored.batch.band)
-        assert self._band is not None
-        acc = self._band.acc
+            self._start(scored.batch.col_band)
+        assert self._col_band is not None
+        acc = self._col_band.acc
         for i, win in enumerate(scored.batch.windows):
             if not self.plan.needed(win):
                 continue
@@ -174,14 +174,14 @@ class Blender:
 
     def finish(self) -> None:
         """Hand on the rows still held (end of a column band, or of the run)."""
-        if self._band is None:
+        if self._col_band is None:
             return
         end = self.plan.rows[1]
-        while self._band.acc.top < end:
-            self._flush(end - self._band.acc.top)
+        while self._col_band.acc.top < end:
+            self._flush(end - self._col_band.acc.top)
 
-    def _start(self, band: int) -> None:
-        row0, u0, u1 = self.plan.band_extent(band)
+    def _start(self, col_band: int) -> None:
+        row0, u0, u1 = self.plan.band_extent(col_band)
         acc = StripAccumulator(
             self.plan.height,
             u1 - u0,
@@ -190,11 +190,11 @@ class Blender:
             col0=u0,
             row0=row0,
         )
-        self._band = _Band(band, self.plan.col_bands[band], acc)
+        self._col_band = _ColBand(col_band, self.plan.col_bands[col_band], acc)
 
     def _flush(self, rows: int) -> None:
-        assert self._band is not None
-        acc, (c0, c1) = self._band.acc, self._band.core
+        assert self._col_band is not None
+        acc, (c0, c1) = self._col_band.acc, self._col_band.core
         top, psum, wsum, valid = acc.pop(rows)
         r0, r1 = self.plan.rows
         lo, hi = max(r0 - top, 0), min(r1 - top, valid.shape[0])

@@ -199,7 +199,7 @@ class SceneSource:
         imgs, auxs, avals, valids = [], [], [], []
         for win in batch.windows:
             with reading(self.reader.scene_path, self.reader.aux_path):
-                span = self.plan.strip_span(batch.band, win.row)
+                span = self.plan.strip_span(batch.col_band, win.row)
                 img, valid, a, av = strips.read(win, *span)
             if not self.pixelwise:
                 img, a, av = self._normalized(img, a, av, (win.row, win.col))

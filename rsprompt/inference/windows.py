@@ -6,7 +6,7 @@ prediction needs on top:
 
 - column bands: a scene too wide for the memory budget is blended in bands of columns
   (:func:`~rsprompt.tiling.column_bands`);
-- batching: each band's windows, row-major, cut into batches of ``batch_size``;
+- batching: each column band's windows, row-major, cut into batches of ``batch_size``;
 - the strip of each window row (the columns read once per row of windows);
 - a row range: only the output rows ``[r0, r1)`` of the scene. Every window overlapping them is
   computed, in the very batches the whole-scene plan has (a batch is kept whole, so the model sees
@@ -61,11 +61,11 @@ class Batch:
     """Windows predicted in one forward pass.
 
     Attributes:
-        band: Index of the column band the windows are blended in.
+        col_band: Index of the column band the windows are blended in.
         windows: The windows, row-major.
     """
 
-    band: int
+    col_band: int
     windows: tuple[Window, ...]
 
 
@@ -114,15 +114,15 @@ class WindowPlan:
         self.strip_rows: int | None = None if banded else STRIP_ROWS
         self.batches: list[Batch] = []
         self._spans: dict[tuple[int, int], tuple[int, int]] = {}
-        for b, (c0, c1) in enumerate(self.col_bands):
+        for cb, (c0, c1) in enumerate(self.col_bands):
             wins = band_windows(self.windows, c0, c1) if banded else self.windows
             for win in wins:
-                lo, hi = self._spans.get((b, win.row), (win.col, win.col_end))
-                self._spans[(b, win.row)] = (min(lo, win.col), max(hi, win.col_end))
+                lo, hi = self._spans.get((cb, win.row), (win.col, win.col_end))
+                self._spans[(cb, win.row)] = (min(lo, win.col), max(hi, win.col_end))
             for i in range(0, len(wins), batch_size):
                 chunk = tuple(wins[i : i + batch_size])
                 if any(self.needed(w) for w in chunk):
-                    self.batches.append(Batch(b, chunk))
+                    self.batches.append(Batch(cb, chunk))
 
     @property
     def n_windows(self) -> int:
@@ -138,13 +138,13 @@ class WindowPlan:
         """Whether ``win`` covers an output row (only those are blended)."""
         return win.row < self.rows[1] and win.row_end > self.rows[0]
 
-    def strip_span(self, band: int, row: int) -> tuple[int, int]:
-        """Columns ``[c0, c1)`` of the strip read once for the window row at ``row`` of ``band``."""
-        return self._spans[(band, row)]
+    def strip_span(self, col_band: int, row: int) -> tuple[int, int]:
+        """Columns ``[c0, c1)`` of the strip read once for the window row at ``row`` of a band."""
+        return self._spans[(col_band, row)]
 
-    def band_extent(self, band: int) -> tuple[int, int, int]:
-        """``(first row, first column, end column)`` of the windows blended in ``band``."""
-        c0, c1 = self.col_bands[band]
+    def band_extent(self, col_band: int) -> tuple[int, int, int]:
+        """``(first row, first column, end column)`` of the windows blended in a column band."""
+        c0, c1 = self.col_bands[col_band]
         wins = [w for w in band_windows(self.windows, c0, c1) if self.needed(w)]
         return wins[0].row, min(w.col for w in wins), max(w.col_end for w in wins)
 

@@ -533,12 +533,12 @@ def _scene_paths(scenes: tuple[Path, ...], mosaic: Path | None, overwrite: bool)
         return tuple(paths)
     if mosaic.suffix.lower() != ".vrt":
         raise click.BadParameter(f"{mosaic} must be a .vrt file", param_hint="--mosaic")
-    if any(same_path(mosaic, p) for p in paths):
+    if any(_same_path(mosaic, p) for p in paths):
         raise click.BadParameter(f"{mosaic} is one of the SCENES", param_hint="--mosaic")
     return (write_mosaic(paths, mosaic, overwrite=overwrite),)
 
 
-def same_path(a: Path, b: Path) -> bool:
+def _same_path(a: Path, b: Path) -> bool:
     """Whether two paths name one file."""
     from rsprompt.inference.writers import same_file
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import glob
 import math
 import os
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -280,7 +281,7 @@ def write_mosaic(sources: Sequence[Path], vrt: Path, *, overwrite: bool = False)
             return vrt
         if not overwrite:
             raise PredictError(f"--mosaic {vrt} exists with other tiles; pass --overwrite")
-    tmp = vrt.with_name(f".{vrt.name}.{os.getpid()}.tmp")
+    tmp = vrt.with_name(f".{vrt.name}.{uuid.uuid4().hex}.tmp")
     try:
         tmp.write_text(text)
         os.replace(tmp, vrt)

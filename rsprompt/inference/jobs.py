@@ -34,6 +34,7 @@ import json
 import math
 import os
 import shutil
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -205,6 +206,8 @@ def _stamp(path: str | None) -> list[Any] | None:
         return None
     try:
         st = os.stat(path)
+        if path.lower().endswith(".vrt"):  # rewritten by each shard (--mosaic): its content
+            return [path, file_sha256(Path(path))]
     except OSError:  # a missing input: the shard that predicts it reports it
         return [path, None, None]
     return [path, st.st_size, st.st_mtime_ns]
@@ -274,7 +277,8 @@ class JobPlan:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Write ``text`` to ``path`` through a temporary file unique across hosts and processes."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         tmp.write_text(text)
         os.replace(tmp, path)

@@ -628,11 +628,12 @@ def print_table(rows: dict, args: argparse.Namespace) -> None:
     ours = next(iter(r for (k, _), r in rows.items() if k == "ours"))
     print(f"\nscene {args.size}×{args.size} ({ours['mpix']:.2f} MPix, {ours['windows']} windows)")
     gpu = args.device.startswith("cuda")
-    print(f"{'run':<38} {'seconds':>8} {'MPix/s':>8} {'+RSS MB':>8}" + (" GPU MB" if gpu else ""))
+    head = f"{'run':<38} {'windows':>7} {'seconds':>8} {'MPix/s':>8} {'+RSS MB':>8}"
+    print(head + (" GPU MB" if gpu else ""))
     for key, r in rows.items():
         line = (
-            f"{NAMES[key]:<38} {r['seconds']:8.2f} {r['mpix'] / r['seconds']:8.3f} "
-            f"{r['rss_peak'] - r['rss_base']:8.0f}"
+            f"{NAMES[key]:<38} {r['windows']:7d} {r['seconds']:8.2f} "
+            f"{r['mpix'] / r['seconds']:8.3f} {r['rss_peak'] - r['rss_base']:8.0f}"
         )
         print(line + (f" {r.get('gpu_peak_mb', 0):6.0f}" if gpu else ""))
 

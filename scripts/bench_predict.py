@@ -29,8 +29,8 @@ two scene sizes (the second one twice as tall) to show memory does not grow with
 Usage:
     python scripts/bench_predict.py [--model light|resnet18|mobanet-lite0] [--size 2048]
         [--window 512] [--overlap 64] [--batch-size 4] [--precision 32|bf16|auto]
-        [--device cpu|cuda|auto] [--skip-baseline] [--skip-onnx] [--dsm-grid other|same]
-        [--repeat 2]
+        [--device cpu|cuda|auto] [--skip-baseline] [--skip-onnx] [--skip-big]
+        [--encoder-weights imagenet|random] [--dsm-grid other|same] [--repeat 2]
     # on a GPU machine:
     python scripts/bench_predict.py --model mobanet-lite0 --device cuda --precision bf16 \
         --size 2048 --skip-baseline
@@ -74,10 +74,12 @@ def build_model(num_classes: int = 6, ckpt: str | None = None, device: str = "cp
     return net.to(device)
 
 
-def make_lite0_checkpoint(path: Path, window: int) -> Path:
+def make_lite0_checkpoint(path: Path, window: int, weights: str = "imagenet") -> Path:
     """Save (once) MoBaNet on the real ImageNet ``tf_efficientnet_lite0`` as an rsprompt checkpoint.
 
     ImageNet optical normalisation and a DSM min–max (MoBaNet's default); random decoder.
+    ``weights="random"``: a seeded random encoder of the same architecture (the same compute;
+    for a machine without the weights package).
     """
     if path.exists():
         return path
@@ -90,12 +92,13 @@ def make_lite0_checkpoint(path: Path, window: int) -> Path:
     from rsprompt.models.weights import efficientnet_lite0_package_path
 
     method, encoder, k = LITE0
-    weights = str(efficientnet_lite0_package_path())
+    file = str(efficientnet_lite0_package_path()) if weights == "imagenet" else None
     torch.manual_seed(0)
-    model = registry.build_model(method, encoder, k, aux_channels=1, weights=weights)
+    model = registry.build_model(method, encoder, k, aux_channels=1, weights=file)
     meta = ckpt_mod.model_meta(
         model,
-        weights=weights,
+        weights=file,
+        encoder_seed=0,
         classes=list(ISPRS_CLASSES.names),
         colors=ISPRS_CLASSES.colors,
         normalization=Normalization(OpticalNormalizer(), DSMNormalizer("minmax")),
@@ -662,6 +665,12 @@ def main() -> None:
     global MODEL
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", choices=MODELS, default=MODEL, help="benchmark model")
+    p.add_argument(
+        "--encoder-weights",
+        choices=["imagenet", "random"],
+        default="imagenet",
+        help="mobanet-lite0's encoder: ImageNet weights (package) or seeded random (same compute)",
+    )
     p.add_argument("--size", type=int, default=2048, help="scene side (the 2nd scene is 2× taller)")
     p.add_argument("--window", type=int, default=512)
     p.add_argument("--overlap", type=int, default=64)
@@ -698,14 +707,16 @@ def main() -> None:
     s1 = make_scene(work / f"s{args.size}x{args.size}{tag}", args.size, args.size, args.dsm_grid)
     ckpt = None
     if MODEL == "mobanet-lite0":
-        ckpt = make_lite0_checkpoint(work / f"mobanet_lite0_w{args.window}.ckpt", args.window)
+        name = f"mobanet_lite0_{args.encoder_weights}_w{args.window}.ckpt"
+        ckpt = make_lite0_checkpoint(work / name, args.window, args.encoder_weights)
     args.ckpt = ckpt
     precisions, bf16_note = bf16_plan(args.precision, args.device)
     args.onnx, onnx_note = onnx_plan(args, ckpt, s1)
     import torch
 
     print(
-        f"model: {MODEL}; device {args.device}; window {args.window}, overlap {args.overlap}, "
+        f"model: {MODEL}{f' ({args.encoder_weights} encoder)' if ckpt else ''}; "
+        f"device {args.device}; window {args.window}, overlap {args.overlap}, "
         f"batch {args.batch_size}, DSM grid: {args.dsm_grid}; torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; OMP_WAIT_POLICY=PASSIVE, GDAL_CACHEMAX=32, "
         f"THP_MEM_ALLOC_ENABLE=1, MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD}"

@@ -331,6 +331,39 @@ def test_rerun_after_a_killed_shard_redoes_only_unfinished_units(data, reference
     assert_same_outputs(reference / "four", out)
 
 
+def test_sigkill_after_the_first_manifest_then_rerun(data, reference, tmp_path):
+    """A real kill: shard 0/1 (all 4 units) is SIGKILLed once its first manifest appears."""
+    import signal
+    import time
+
+    out = tmp_path / "maps"
+    args = [*four_scenes(data), *common(data, out), "--shard", "0/1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "tests")}
+    cmd = [sys.executable, str(RUNNER), "predict", *map(str, args)]
+    proc = subprocess.Popen(cmd, env=env, cwd=data, stderr=subprocess.DEVNULL)
+    folder = out / JOB_DIR / "manifests"
+    deadline = time.monotonic() + 240
+    while not (folder.is_dir() and any(folder.glob("*.json"))) and proc.poll() is None:
+        assert time.monotonic() < deadline, "no manifest appeared"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    if proc.returncode == 0:
+        pytest.skip("the shard finished before it could be killed")
+    killed = manifests(out)
+    assert killed  # at least one unit finished before the kill
+    # Hold the merge lock so that the finished units can be checked after the rerun.
+    with open(_lock_file(out), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        res = run(data, *args)
+        assert res.exit_code == 0, res.output
+        assert f"{len(killed)} finished before" in res.output
+        after = manifests(out)
+        assert len(after) == 4 and {k: after[k] for k in killed} == killed
+    assert run(data, "--merge", out).exit_code == 0
+    assert_same_outputs(reference / "four", out)
+
+
 def test_a_partial_unit_is_never_taken_as_finished(data, tmp_path):
     out = tmp_path / "maps"
     args = [*four_scenes(data), *common(data, out)]
@@ -385,7 +418,8 @@ def test_bad_input_fails_its_shard_only(data, tmp_path):
     assert res.exit_code == 1
     lines = [line for line in res.output.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "s1_dsm.tif: file not found" in lines[0], res.output
-    assert "1 of 2 unit(s) failed" in res.output and "Traceback" not in res.output
+    assert f"shard {bad}/2: 1 unit(s) failed" in res.output
+    assert "Traceback" not in res.output
     # The other units of both shards are finished and kept; nothing was merged.
     assert sorted(manifests(out)) == sorted(
         u for u in _units_of(out, 0) + _units_of(out, 1) if not u.startswith("s0001")
@@ -402,7 +436,7 @@ def test_two_cpu_ranks_match_the_single_run(data, reference, tmp_path):
         "--devices", 2, "--accelerator", "cpu",
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "shard 0/2: 2 unit(s) predicted" in res.stderr  # rank 0's report
+    assert "rank 0 of 2:" in res.stderr and "unit(s) predicted" in res.stderr  # rank 0 reports
     assert "distributed_backend" not in res.stderr  # no Lightning banner
     assert res.stdout.count("job: 4 scene(s)") == 1  # one summary, from rank 0
     assert_same_outputs(reference / "four", out)
@@ -415,9 +449,10 @@ def test_one_scene_in_two_bands_on_two_ranks(data, reference, tmp_path):
     if not _can_split():
         pytest.skip("predict_scene has no row_range / merge_row_parts yet")
     out = tmp_path / "maps"
-    res = cli(data, "big.tif", *common(data, out), "--devices", 2, "--accelerator", "cpu")
+    args = [a for a in common(data, out) if a != "-q"]  # the plan's line is shown
+    res = cli(data, "big.tif", *args, "--devices", 2, "--accelerator", "cpu")
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "shard 0/2: 1 unit(s) predicted" in res.stderr  # a band each
+    assert "2 unit(s) of 1 scene(s) over 2 shard(s)" in res.stderr  # two row bands
     assert_same_outputs(reference / "big", out)
 
 

@@ -140,35 +140,47 @@ def run_job(printer: Any, setup: Any, opts: dict[str, Any]) -> None:
     _check_outputs(setup, job)
     out_dir.mkdir(parents=True, exist_ok=True)
     job.save_plan(plan)
+    if setup.overwrite:  # every scene is predicted and merged again
+        for marker in (job.root / "merged").glob("*.json"):
+            marker.unlink(missing_ok=True)
     shards = assign(plan.units, count)
-    launch = shards[index - ranks.rank : index - ranks.rank + ranks.world]
-    total = sum(u.windows for units in launch for u in units)
+    token = shared_token(ranks)
+    if ranks.distributed:  # the launch's ranks share their shards, largest unit first
+        ids = {
+            u.id
+            for units in shards[index - ranks.rank : index - ranks.rank + ranks.world]
+            for u in units
+        }
+        mine = [u for u in plan.units if u.id in ids]
+        label = f"rank {ranks.rank} of {ranks.world}"
+    else:
+        mine, label = shards[index], f"shard {index}/{count}"
+    since = token if setup.overwrite else None
+    total = sum(u.windows for u in mine if not job.finished(u, since))
     if ranks.rank == 0 and not setup.quiet:
         click.echo(
             f"{len(plan.units)} unit(s) of {len(plan.specs)} scene(s) over {count} shard(s); "
             f"device {ranks.device}, precision {numeric}",
             err=True,
         )
-    progress = JobProgress(job, shared_token(ranks), ranks, total, show=not setup.quiet)
+    progress = JobProgress(job, token, ranks, total, show=not setup.quiet)
     options = dict(setup.options, window=window, overlap=overlap, precision=numeric, progress=False)
     try:
         result = run_shard(
-            job, shards[index], predictor, setup.aux_kind, options, overwrite=setup.overwrite,
-            progress=progress,
+            job, mine, predictor, setup.aux_kind, options, overwrite=setup.overwrite,
+            launch=token, shared=ranks.distributed, progress=progress,
         )  # fmt: skip
         for unit, message in result.failed:
             scene = plan.specs[unit.scene].scene
-            click.echo(
-                f"error: shard {index}/{count}, unit {unit.id} ({scene}): {message}", err=True
-            )
+            click.echo(f"error: {label}, unit {unit.id} ({scene}): {message}", err=True)
         failed_somewhere = any_rank(bool(result.failed), ranks)  # waits for every rank
     finally:
         progress.close()
         printer.flush()
     if result.failed:
         raise click.ClickException(
-            f"shard {index}/{count}: {len(result.failed)} of {len(shards[index])} unit(s) failed "
-            "(see above); the finished units are kept: fix the input and rerun to finish the job"
+            f"{label}: {len(result.failed)} unit(s) failed (see above); the finished units are "
+            "kept: fix the input and rerun to finish the job"
         )
     if failed_somewhere:
         raise click.ClickException(
@@ -176,15 +188,14 @@ def run_job(printer: Any, setup: Any, opts: dict[str, Any]) -> None:
             "input and rerun to finish the job"
         )
     if ranks.rank == 0:
-        _finish(job, index, count, result, setup)
+        _finish(job, label, result, setup)
 
 
-def _finish(job: Any, index: int, count: int, result: Any, setup: Any) -> None:
+def _finish(job: Any, label: str, result: Any, setup: Any) -> None:
     """Merge when every unit of the job is finished; else say what is left."""
     missing = job.missing()
     click.echo(
-        f"shard {index}/{count}: {len(result.done)} unit(s) predicted, "
-        f"{len(result.skipped)} finished before",
+        f"{label}: {len(result.done)} unit(s) predicted, {len(result.skipped)} finished before",
         err=True,
     )
     if missing:

@@ -362,9 +362,16 @@ class JobFolder:
                 return None
         return m
 
-    def finished(self, unit: Unit) -> bool:
-        """Whether the unit is done: its manifest is valid, or its scene is merged already."""
-        return self.merged_path(unit.scene).is_file() or self.manifest(unit) is not None
+    def finished(self, unit: Unit, launch: str | None = None) -> bool:
+        """Whether the unit is done: its manifest is valid, or its scene is merged already.
+
+        With ``launch``, only a manifest written by that launch counts (``--overwrite``: the
+        units finished before are redone, once).
+        """
+        if self.merged_path(unit.scene).is_file() and launch is None:
+            return True
+        m = self.manifest(unit)
+        return m is not None and (launch is None or m.get("launch") == launch)
 
     def start_unit(self, unit: Unit) -> Path:
         """An empty folder for the unit (a killed run's partial files and manifest removed)."""
@@ -374,7 +381,7 @@ class JobFolder:
         folder.mkdir(parents=True)
         return folder
 
-    def finish_unit(self, unit: Unit, summary: dict[str, Any]) -> None:
+    def finish_unit(self, unit: Unit, summary: dict[str, Any], launch: str = "") -> None:
         """Write the unit's manifest, last: its files (sizes, times), summary and fingerprint."""
         assert self.plan is not None
         folder = self.unit_dir(unit)
@@ -383,6 +390,7 @@ class JobFolder:
             "format": FORMAT,
             "fingerprint": self.plan.fingerprint,
             "unit": unit.id,
+            "launch": launch,
             "rows": unit.rows,
             "files": files,
             "summary": summary,
@@ -417,6 +425,10 @@ class JobFolder:
         finally:
             os.close(fd)
 
+    def failed_path(self, unit: Unit, launch: str) -> Path:
+        """Marks a unit that failed in a launch (its other ranks do not retry it)."""
+        return self.root / "progress" / f"{launch}-{unit.id}.failed"
+
     def progress_file(self, token: str, rank: int) -> Path:
         """Windows done by a rank of one launch (see :class:`ProgressFiles`)."""
         return self.root / "progress" / f"{token}-{rank}.txt"
@@ -433,6 +445,7 @@ def run_unit(
     predict: Callable[..., Any],
     aux_kind: str | None,
     options: dict[str, Any],
+    launch: str = "",
 ) -> Any:
     """Predict one unit into its folder, then write its manifest; returns its PredictSummary.
 
@@ -455,7 +468,7 @@ def run_unit(
     )
     record = summary.as_dict()
     record["pixel_area_m2"] = summary.pixel_area_m2
-    job.finish_unit(unit, record)
+    job.finish_unit(unit, record, launch)
     return summary
 
 

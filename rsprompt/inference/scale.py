@@ -17,7 +17,6 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -201,38 +200,75 @@ def run_shard(
     options: dict[str, Any],
     *,
     overwrite: bool,
+    launch: str,
+    shared: bool = False,
     progress: JobProgress | None = None,
-    on_unit: Callable[[Unit, Any], None] | None = None,
 ) -> ShardResult:
     """Predict ``units`` (skipping finished ones unless ``overwrite``); errors are collected.
 
     A unit's inputs are checked (``predictor.check``) right before it is predicted; a bad input
     fails that unit only (the message names the file), the shard goes on with its other units.
+
+    Args:
+        job: The job folder (plan loaded).
+        units: The units to predict, largest first.
+        predictor: A :class:`~rsprompt.inference.from_checkpoint.CheckpointPredictor`.
+        aux_kind: ``"dsm"``, ``"sar"`` or ``None``.
+        options: ``predict`` options.
+        overwrite: Redo units finished before this launch.
+        launch: The launch's token (:func:`shared_token`), recorded in the manifests.
+        shared: The ranks of one launch share ``units``: each takes the next unit that is not
+            finished and that no other rank holds (its lock), so a rank that started late does
+            less. The results do not depend on which rank predicts a unit.
+        progress: Counts the windows of the units predicted here.
     """
+    result = ShardResult()
+    since = launch if overwrite else None  # what counts as finished
+    for unit in units:
+        if job.finished(unit, since):
+            if not job.finished(unit, launch):
+                result.skipped.append(unit)  # finished before this launch
+            continue
+        if shared and job.failed_path(unit, launch).exists():
+            continue  # another rank failed on it and reported it
+        outcome = _run_locked(job, unit, predictor, aux_kind, options, since, launch, shared)
+        if isinstance(outcome, str):
+            result.failed.append((unit, outcome))
+            if shared:
+                job.failed_path(unit, launch).touch()
+        elif outcome:
+            result.done.append(unit)
+            if progress is not None:
+                progress.add(unit.windows)
+    return result
+
+
+def _run_locked(
+    job: JobFolder,
+    unit: Unit,
+    predictor: Any,
+    aux_kind: str | None,
+    options: dict[str, Any],
+    since: str | None,
+    launch: str,
+    shared: bool,
+) -> bool | str:
+    """Predict one unit under its lock: ``True`` done, ``False`` left to another rank, or the error."""
     from rasterio._err import CPLE_BaseError
     from rasterio.errors import RasterioError
 
-    from rsprompt.inference.writers import locked_outputs
+    from rsprompt.inference.writers import OutputLockedError, locked_outputs
 
     assert job.plan is not None
-    result = ShardResult()
-    for unit in units:
-        if not overwrite and job.finished(unit):
-            result.skipped.append(unit)
-            if progress is not None:
-                progress.add(unit.windows)
-            continue
-        spec = job.plan.specs[unit.scene]
-        try:
+    spec = job.plan.specs[unit.scene]
+    try:
+        with locked_outputs([job.unit_dir(unit)]):
+            if job.finished(unit, since):  # another rank finished it meanwhile
+                return False
             predictor.check(spec.scene, aux=spec.aux, aux_kind=aux_kind)
-            with locked_outputs([job.unit_dir(unit)]):
-                summary = run_unit(job, unit, predictor.predict, aux_kind, options)
-        except (PredictError, OSError, RasterioError, CPLE_BaseError) as exc:
-            result.failed.append((unit, _one_line(exc)))
-            continue
-        result.done.append(unit)
-        if progress is not None:
-            progress.add(unit.windows)
-        if on_unit is not None:
-            on_unit(unit, summary)
-    return result
+            run_unit(job, unit, predictor.predict, aux_kind, options, launch)
+    except OutputLockedError as exc:
+        return False if shared else _one_line(exc)
+    except (PredictError, OSError, RasterioError, CPLE_BaseError) as exc:
+        return _one_line(exc)
+    return True

@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--precision", default="bf16", help="bf16 or 16 (against 32).")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--weights", help="Encoder weights file, if it moved since training.")
     args = parser.parse_args()
 
     from rsprompt.demo import _score, run_demo
@@ -65,7 +66,7 @@ def main() -> None:
     low = resolve_precision(args.precision, device)
     with rasterio.open(demo / "labels.tif") as src:
         labels = src.read(1)
-    predictor = CheckpointPredictor(demo / "model.ckpt", device=device)
+    predictor = CheckpointPredictor(demo / "model.ckpt", device=device, weights=args.weights)
     with tempfile.TemporaryDirectory() as tmp:
         t32 = _predict(predictor, demo, Path(tmp) / "fp32.tif", "32", args.repeat)
         tlow = _predict(predictor, demo, Path(tmp) / "low.tif", low, args.repeat)

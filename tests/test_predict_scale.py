@@ -427,6 +427,31 @@ def test_bad_input_fails_its_shard_only(data, tmp_path):
     assert not list(out.glob("*.tif"))
 
 
+def test_job_option_errors(data, tmp_path):
+    scene, ckpt = data / "s0.tif", data / "model.ckpt"
+    res = run(data, scene, "-m", ckpt, "-o", tmp_path / "x.tif", "--shard", "0/2")
+    assert res.exit_code == 2 and "need --out-dir" in res.output
+    res = run(data, scene, "-m", ckpt, "--out-dir", tmp_path / "o", "--shard", "2/2")
+    assert res.exit_code == 1 and "need 0 <= i < N" in res.output
+    res = run(
+        data, scene, "-m", ckpt, "--out-dir", tmp_path / "o", "--devices", 2, "--device", "cpu"
+    )
+    assert res.exit_code == 2 and "use --accelerator" in res.output
+    res = run(data, scene, "--merge", tmp_path / "o")
+    assert res.exit_code == 2 and "takes no SCENES" in res.output
+    assert not (tmp_path / "o").exists()
+    # Final outputs that exist are refused before anything is predicted, as in a single run.
+    out = tmp_path / "maps"
+    assert run(data, scene, "-m", ckpt, "--out-dir", out, "-q", *WIN).exit_code == 0
+    res = run(data, scene, "-m", ckpt, "--out-dir", out, "-q", *WIN, "--shard", "0/1")
+    assert res.exit_code == 1 and "exists" in res.output and "--overwrite" in res.output
+    assert not (out / JOB_DIR).exists()
+    res = run(
+        data, scene, "-m", ckpt, "--out-dir", out, "-q", *WIN, "--shard", "0/1", "--overwrite"
+    )
+    assert res.exit_code == 0 and not (out / JOB_DIR).exists()
+
+
 # ------------------------------------------------------------------- Lightning ranks (2 × gloo)
 def test_two_cpu_ranks_match_the_single_run(data, reference, tmp_path):
     out = tmp_path / "maps"

@@ -71,7 +71,7 @@ def predict_cmd(ckpt: Path, scenes: list[Path], out: Path, window: int, *extra: 
         sys.executable, "-m", "rsprompt", "predict", *map(str, scenes), "-m", str(ckpt),
         "--dem", "{stem}_dsm.tif", "--out-dir", str(out), "--window", str(window),
         "--batch-size", "4", "--precision", "32", "-q", *extra,
-    ]  # fmt: skip
+    ] + ([] if "--devices" in extra else ["--device", "cpu"])  # fmt: skip
 
 
 def timed(cmds: list[list[str]], out: Path) -> float:

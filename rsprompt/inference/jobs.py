@@ -178,9 +178,11 @@ def assign(units: Sequence[Unit], shards: int) -> list[list[Unit]]:
     """Greedy balance: each unit (largest first) goes to the shard with the least cost so far.
 
     Example:
+        9 → shard 0; 5 → 1; 4 → 1 (5 < 9); 3 → 0 (loads 9 and 9: the lowest shard).
+
         >>> us = [Unit(f"u{c}", 0, None, c, 1) for c in (9, 5, 4, 3)]
         >>> [[u.id for u in s] for s in assign(us, 2)]
-        [['u9'], ['u5', 'u4', 'u3']]
+        [['u9', 'u3'], ['u5', 'u4']]
     """
     loads = [0] * shards
     out: list[list[Unit]] = [[] for _ in range(shards)]

@@ -247,3 +247,78 @@ def test_a_scene_smaller_than_the_window_is_padded_like_the_torch_backend(case, 
     a, b = read(tmp_path / "o.tif")[0], read(tmp_path / "t.tif")[0]
     assert a.shape == (40, 50)
     assert float(np.mean(a == b)) >= 0.999
+
+
+# ----------------------------------------------------------------------------- command line
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from rsprompt.cli import main
+
+    return CliRunner().invoke(main, ["predict", *map(str, args)], catch_exceptions=False)
+
+
+def test_cli_backend_onnxruntime_writes_the_library_map(case, tmp_path):
+    """`rsprompt predict -m model.onnx` (backend auto -> onnxruntime) writes the map that
+    predict_onnx writes (same pipeline, same file: pixel-identical), with its sidecars, and
+    reports where it ran; --backend onnxruntime spelled out gives the same map again."""
+    lib = tmp_path / "lib.tif"
+    predict_onnx(case["scene"], case["onnx"], lib, aux=case["dsm"], progress=False)
+    out = tmp_path / "cli.tif"
+    res = _cli(case["scene"], "--dem", case["dsm"], "-m", case["onnx"], "-o", out, "--threads", 1)
+    assert res.exit_code == 0, res.output
+    assert "(onnxruntime), precision 32" in res.output
+    np.testing.assert_array_equal(read(out), read(lib))
+    assert out.with_suffix(".qml").is_file() and Path(f"{out}.aux.xml").is_file()
+    again = tmp_path / "again.tif"
+    res = _cli(case["scene"], "--dem", case["dsm"], "-m", case["onnx"], "-o", again, "--backend",
+               "onnxruntime", "-q")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    np.testing.assert_array_equal(read(again), read(lib))
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--weights", "w.pth"], "--weights need a checkpoint"),
+        (["--classes", "a,b"], "--classes need a checkpoint"),
+        (["--backend", "torch"], "is an ONNX file"),
+        (["--precision", "bf16"], "float32 graph only"),
+        (["--window", "32"], "exported for 64×64 windows"),
+    ],
+)
+def test_cli_onnx_refusals_are_one_line_errors(case, tmp_path, extra, message):
+    out = tmp_path / "m.tif"
+    res = _cli(case["scene"], "--dem", case["dsm"], "-m", case["onnx"], "-o", out, *extra)
+    assert res.exit_code != 0
+    assert message in res.output
+    assert "Traceback" not in res.output
+    assert not out.exists()
+
+
+def test_cli_threads_needs_the_onnx_backend(case, tmp_path):
+    res = _cli(case["scene"], "-m", case["root"] / "m.ckpt", "-o", tmp_path / "m.tif",
+               "--threads", 2)  # fmt: skip
+    assert res.exit_code == 2
+    assert "--threads applies to --backend onnxruntime only" in res.output
+
+
+def test_cli_onnx_shards_and_merge_give_the_single_run_map(case, tmp_path):
+    """Job mode runs the ONNX model too: two shards of one scene (split into row bands, since
+    there are fewer scenes than shards), the last one merging, give the single run's map."""
+    single = tmp_path / "single"
+    res = _cli(case["scene"], "--dem", case["dsm"], "-m", case["onnx"], "--out-dir", single, "-q")
+    assert res.exit_code == 0, res.output
+    job = tmp_path / "job"
+    for shard in ("0/2", "1/2"):
+        res = _cli(case["scene"], "--dem", case["dsm"], "-m", case["onnx"], "--out-dir", job,
+                   "--shard", shard, "-q")  # fmt: skip
+        assert res.exit_code == 0, res.output
+    produced = sorted(p.name for p in single.iterdir())
+    assert sorted(p.name for p in job.iterdir()) == produced  # no job folder or parts left
+    maps = list(single.glob("*.tif"))
+    assert len(maps) == 1
+    np.testing.assert_array_equal(read(job / maps[0].name), read(maps[0]))
+    for sidecar in (".qml", ".tif.aux.xml"):
+        name = maps[0].name.replace(".tif", sidecar)
+        assert (job / name).read_text() == (single / name).read_text()

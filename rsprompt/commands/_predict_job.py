@@ -67,7 +67,8 @@ def _can_split() -> bool:
 
 def _make_plan(setup: Any, opts: dict[str, Any], predictor: Any, count: int) -> Any:
     """The job's plan (same on every shard) with its fingerprint."""
-    from rsprompt.inference.jobs import JobPlan, SceneSpec, file_sha256, plan_units
+    from rsprompt.inference.jobs import JobPlan, SceneSpec, plan_units
+    from rsprompt.models.weights import sha256_file
 
     specs = []
     for job in setup.plan.jobs:
@@ -75,8 +76,14 @@ def _make_plan(setup: Any, opts: dict[str, Any], predictor: Any, count: int) -> 
         paths = [job.scene, job.aux, job.out, job.probs, job.vectors]
         scene, aux, out, probs, vec = (str(Path(p).absolute()) if p else None for p in paths)
         specs.append(SceneSpec(scene, aux, out, probs, vec, h, w))  # type: ignore[arg-type]
-    window = int(setup.options["window"] or predictor.meta.get("patch_size") or 512)
-    overlap = int(setup.options["overlap"] if setup.options["overlap"] is not None else window // 4)
+    if hasattr(predictor, "window_and_overlap"):  # an ONNX model: the exported window
+        window, overlap = predictor.window_and_overlap(
+            setup.options["window"], setup.options["overlap"]
+        )
+    else:
+        window = int(setup.options["window"] or predictor.meta.get("patch_size") or 512)
+        ov = setup.options["overlap"]
+        overlap = int(ov if ov is not None else window // 4)
     units = plan_units(
         specs,
         count,
@@ -101,7 +108,7 @@ def _make_plan(setup: Any, opts: dict[str, Any], predictor: Any, count: int) -> 
     recorded.update(window=window, overlap=overlap, tta=setup.options["tta"])
     recorded.update(precision=setup.precision, aux_kind=setup.aux_kind)
     plan.fingerprint = plan.fingerprint_of(
-        recorded, file_sha256(Path(setup.predictor_args["checkpoint"]))
+        recorded, sha256_file(Path(setup.predictor_args["checkpoint"]))
     )
     return plan, window, overlap
 

@@ -442,6 +442,20 @@ def _predict_all(
     type=click.Path(path_type=Path),
     help="Write the summaries as JSON (.json; its folder must exist).",
 )
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "torch", "onnxruntime"]),
+    default="auto",
+    show_default=True,
+    help="Run the model with torch (a .ckpt) or onnxruntime (a .onnx from `rsprompt export`; "
+    "its window, bands and normalisation are fixed at export, fp32 only). auto: by the "
+    "--model file's suffix.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    help="onnxruntime intra-op threads (default: one per physical core).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @scale_options
 @click.pass_context
@@ -522,6 +536,8 @@ class _Setup:
     precision: str
     quiet: bool
     overwrite: bool
+    backend: str = "torch"
+    threads: int | None = None
 
 
 def _scene_paths(scenes: tuple[Path, ...], mosaic: Path | None, overwrite: bool) -> tuple:
@@ -566,6 +582,7 @@ def _setup(opts: dict[str, Any]) -> _Setup:
     _check_patterns(scenes, output, out_dir, dict(zip(OPTION_NAMES, patterns, strict=True)))
     jobs = _plan_jobs(scenes, aux_pattern, patterns, out_dir)
     checkpoint, weights, palette = opts["checkpoint"], opts["weights"], opts["palette"]
+    backend = _backend(opts)
     extra = [("checkpoint", checkpoint)]
     extra += [("--weights file", Path(weights))] if weights is not None else []
     if palette is not None and Path(palette).is_file():
@@ -599,14 +616,41 @@ def _setup(opts: dict[str, Any]) -> _Setup:
         opts["precision"],
         opts["quiet"],
         opts["overwrite"],
+        backend,
+        opts["threads"],
     )
 
 
+def _backend(opts: dict[str, Any]) -> str:
+    """``torch`` or ``onnxruntime``, checked against the model file and the other options."""
+    onnx_file = Path(opts["checkpoint"]).suffix.lower() == ".onnx"
+    backend = opts["backend"]
+    if backend == "auto":
+        backend = "onnxruntime" if onnx_file else "torch"
+    if backend == "torch" and onnx_file:
+        raise click.UsageError(
+            f"{opts['checkpoint']} is an ONNX file: torch runs rsprompt checkpoints (.ckpt); "
+            "use --backend onnxruntime (or auto)"
+        )
+    if backend == "onnxruntime":
+        used = [f"--{k}" for k in ("weights", "classes") if opts[k] is not None]
+        if used:
+            raise click.UsageError(
+                f"{' and '.join(used)} need a checkpoint (.ckpt): an ONNX file's encoder and "
+                "class vocabulary are fixed when it is exported"
+            )
+    elif opts["threads"] is not None:
+        raise click.UsageError("--threads applies to --backend onnxruntime only")
+    return backend
+
+
 def _load_predictor(setup: _Setup, torch_device: Any) -> tuple[Any, str]:
-    """The model on ``torch_device`` and the resolved forward precision."""
+    """The model on ``torch_device`` (or where onnxruntime runs) and the forward precision."""
     from rsprompt.engine.precision import PrecisionError, resolve_precision
     from rsprompt.inference.from_checkpoint import CheckpointPredictor
 
+    if setup.backend == "onnxruntime":
+        return _load_onnx(setup, torch_device)
     args = dict(setup.predictor_args)
     predictor = CheckpointPredictor(args.pop("checkpoint"), device=torch_device, **args)
     try:
@@ -615,6 +659,38 @@ def _load_predictor(setup: _Setup, torch_device: Any) -> tuple[Any, str]:
         )
     except PrecisionError as exc:
         raise click.BadParameter(str(exc), param_hint="--precision") from None
+    return predictor, numeric
+
+
+def _load_onnx(setup: _Setup, device: Any) -> tuple[Any, str]:
+    """The exported model run by onnxruntime, and its precision (always ``"32"``).
+
+    Args:
+        setup: The run's setup.
+        device: A rank's torch device in a job, or ``None``: ``--device`` as onnxruntime
+            resolves it (``auto`` takes CUDA only where onnxruntime has its CUDA provider).
+    """
+    from rsprompt.export import ExportError, OnnxPredictor, onnx_device, onnx_precision
+    from rsprompt.inference.reader import PredictError
+
+    try:
+        where = onnx_device(setup.device if device is None else str(device))
+    except ExportError as exc:
+        raise click.BadParameter(str(exc), param_hint="--device") from None
+    try:
+        numeric = onnx_precision(setup.precision)
+    except PredictError as exc:
+        raise click.BadParameter(str(exc), param_hint="--precision") from None
+    args = setup.predictor_args
+    predictor = OnnxPredictor(
+        args["checkpoint"],
+        device=where,
+        threads=setup.threads,
+        palette=args["palette"],
+        bands=args["bands"],
+        aux_bands=args["aux_bands"],
+    )
+    predictor.window_and_overlap(setup.options["window"], setup.options["overlap"])
     return predictor, numeric
 
 
@@ -648,11 +724,13 @@ def _run_single(printer: _WarningPrinter, setup: _Setup) -> None:
     from rsprompt.inference.writers import locked_outputs
 
     plan, overwrite = setup.plan, setup.overwrite
-    torch_device = _torch_device(setup.device)
+    onnx = setup.backend == "onnxruntime"
+    torch_device = None if onnx else _torch_device(setup.device)
     _check_plan(plan, overwrite)
     predictor, numeric = _load_predictor(setup, torch_device)
     if not setup.quiet:
-        click.echo(f"device {torch_device}, precision {numeric}", err=True)
+        where = f"{predictor.device} (onnxruntime)" if onnx else torch_device
+        click.echo(f"device {where}, precision {numeric}", err=True)
     for job in plan.jobs:  # every input is checked before anything is written
         predictor.check(job.scene, aux=job.aux, aux_kind=setup.aux_kind)
     created = _make_folder(plan.out_dir) if plan.out_dir is not None else []

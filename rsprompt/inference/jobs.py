@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from rsprompt.inference.reader import PredictError
+from rsprompt.models.weights import sha256_file
 
 #: The hidden folder of a job's state under ``--out-dir``.
 JOB_DIR = ".rsprompt-job"
@@ -193,15 +194,6 @@ def assign(units: Sequence[Unit], shards: int) -> list[list[Unit]]:
     return out
 
 
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    """The sha256 of a file (streamed)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _stamp(path: str | None) -> list[Any] | None:
     """``[path, size, mtime_ns]`` of an input (a changed input makes a new plan)."""
     if path is None:
@@ -209,7 +201,7 @@ def _stamp(path: str | None) -> list[Any] | None:
     try:
         st = os.stat(path)
         if path.lower().endswith(".vrt"):  # rewritten by each shard (--mosaic): its content
-            return [path, file_sha256(Path(path))]
+            return [path, sha256_file(path)]
     except OSError:  # a missing input: the shard that predicts it reports it
         return [path, None, None]
     return [path, st.st_size, st.st_mtime_ns]

@@ -26,7 +26,11 @@ AVX-512 BF16/AMX, a CUDA GPU of compute capability ≥ 8.0). ``--device cpu|cuda
 It prints seconds, MPix/s and peak RSS side by side with the ratios, and peak RSS of `ours` at
 two scene sizes (the second one twice as tall) to show memory does not grow with the scene.
 
+``--scale`` runs the scale-out benchmark instead (1 process against ``--devices 2`` and two
+``--shard`` processes on generated scenes; the remaining options are ``scripts/bench_scale.py``'s).
+
 Usage:
+    python scripts/bench_predict.py --scale [--scenes 8] [--size 768] [--repeat 2]
     python scripts/bench_predict.py [--model light|resnet18|mobanet-lite0] [--size 2048]
         [--window 512] [--overlap 64] [--batch-size 4] [--precision 32|bf16|auto]
         [--device cpu|cuda|auto] [--skip-baseline] [--skip-onnx] [--skip-big]
@@ -663,6 +667,12 @@ def print_table(rows: dict, args: argparse.Namespace) -> None:
 
 def main() -> None:
     global MODEL
+    if "--scale" in sys.argv[1:]:  # the scale-out benchmark: scripts/bench_scale.py
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import bench_scale
+
+        bench_scale.main([a for a in sys.argv[1:] if a != "--scale"])
+        return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", choices=MODELS, default=MODEL, help="benchmark model")
     p.add_argument(

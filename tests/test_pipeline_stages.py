@@ -346,6 +346,20 @@ def test_parts_merged_equal_the_whole_scene(tmp_path, scene_and_dsm, bands):
     assert all(p.is_file() for p in parts + pparts)  # parts are left to the caller
 
 
+def test_progress_callable_counts_every_window_batch_by_batch(tmp_path, scene_and_dsm):
+    """A callable ``progress`` (a job's counter) gets each batch's windows: 150×130 px, window 48,
+    stride 36 → ceil((150-48)/36)+1 = 4 rows × ceil((130-48)/36)+1 = 4 columns = 16 windows,
+    in batches of at most 3; no tqdm bar is drawn."""
+    scene, dsm = scene_and_dsm
+    calls: list[int] = []
+    s = predict_scene(
+        scene, Context(), tmp_path / "m.tif", aux=dsm, normalize=MinMax(), classes=_SIX,
+        window=48, overlap=12, batch_size=3, progress=calls.append,
+    )  # fmt: skip
+    assert sum(calls) == 16 == s.windows
+    assert all(1 <= n <= 3 for n in calls)
+
+
 def test_parts_in_column_bands_merge_to_the_whole_scene(tmp_path):
     scene = write_raster(tmp_path / "s.tif", scene_array(140, 1100, seed=5))
     kw = {"classes": _SIX, "window": 128, "overlap": 32, "progress": False, "memory_mb": 1.0}

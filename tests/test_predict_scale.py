@@ -297,6 +297,26 @@ def test_shards_then_merge_match_the_single_run(data, reference, tmp_path):
     assert res.exit_code == 1 and "holds no unfinished prediction job" in res.output
 
 
+def test_job_progress_counts_windows_batch_by_batch(data, reference, tmp_path, monkeypatch):
+    """The job's progress (one bar over all ranks) is fed per batch of windows, not per unit,
+    and ends at the windows the single-process run predicted (its summary JSON)."""
+    from rsprompt.inference.scale import JobProgress
+
+    calls: list[int] = []
+    real_add = JobProgress.add
+
+    def add(self, windows):
+        calls.append(windows)
+        real_add(self, windows)
+
+    monkeypatch.setattr(JobProgress, "add", add)
+    res = run(data, *four_scenes(data), *common(data, tmp_path / "maps"), "--shard", "0/1")
+    assert res.exit_code == 0, res.output
+    scenes = json.loads((reference / "four.json").read_text())  # one summary per scene
+    assert sum(calls) == sum(s["windows"] for s in scenes)
+    assert len(calls) > len(scenes)  # several batches per scene
+
+
 def test_rerun_after_a_killed_shard_redoes_only_unfinished_units(data, reference, tmp_path):
     out = tmp_path / "maps"
     args = [*four_scenes(data), *common(data, out)]

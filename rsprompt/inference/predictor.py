@@ -189,8 +189,13 @@ def _part_grid(reader: SceneReader, rows: tuple[int, int]) -> RasterGrid:
 
 
 @contextmanager
-def _progress(enabled: bool, total: int, desc: str) -> Iterator[Callable[[int], Any] | None]:
-    """A tqdm bar's ``update`` (closed at the end), or ``None``."""
+def _progress(
+    enabled: bool | Callable[[int], Any], total: int, desc: str
+) -> Iterator[Callable[[int], Any] | None]:
+    """A tqdm bar's ``update`` (closed at the end), the caller's own counter, or ``None``."""
+    if callable(enabled):
+        yield enabled
+        return
     if not enabled:
         yield None
         return
@@ -209,7 +214,7 @@ def _run_stages(
     step: ModelStep,
     sink: MapSink,
     *,
-    progress: bool,
+    progress: bool | Callable[[int], Any],
     desc: str,
     overlap_io: bool,
     prefetch: int,
@@ -293,7 +298,7 @@ def predict_scene(
     compress: str = "DEFLATE",
     pad_mode: str = "reflect",
     prefetch: int = 2,
-    progress: bool = True,
+    progress: bool | Callable[[int], Any] = True,
     memory_mb: float = 512.0,
     overlap_io: bool = True,
     upsample_coarse_aux: bool = True,
@@ -333,7 +338,8 @@ def predict_scene(
         pad_mode: How a scene smaller than a window is padded for the model (``reflect``,
             ``replicate`` or ``constant``); the output is cropped back.
         prefetch: Batches read ahead of the forward pass.
-        progress: Show a tqdm progress bar.
+        progress: Show a tqdm progress bar; or a callable, called with the number of windows
+            of each batch the model has run (a job's own progress across processes).
         memory_mb: Budget of the blending accumulator; a scene too wide for it is processed in
             column bands (same result; windows across a band border are computed twice).
         overlap_io: Read and blend/write on two worker threads while the calling thread runs

@@ -220,7 +220,7 @@ def run_shard(
         shared: The ranks of one launch share ``units``: each takes the next unit that is not
             finished and that no other rank holds (its lock), so a rank that started late does
             less. The results do not depend on which rank predicts a unit.
-        progress: Counts the windows of the units predicted here.
+        progress: Counts the windows of the units predicted here, batch by batch.
     """
     result = ShardResult()
     since = launch if overwrite else None  # what counts as finished
@@ -231,15 +231,24 @@ def run_shard(
             continue
         if shared and job.failed_path(unit, launch).exists():
             continue  # another rank failed on it and reported it
-        outcome = _run_locked(job, unit, predictor, aux_kind, options, since, launch, shared)
+        counted = [0]
+        unit_options = options
+        if progress is not None:
+
+            def count(n: int, counted: list[int] = counted) -> None:
+                counted[0] += n
+                progress.add(n)  # type: ignore[union-attr]
+
+            unit_options = dict(options, progress=count)  # window by window
+        outcome = _run_locked(job, unit, predictor, aux_kind, unit_options, since, launch, shared)
         if isinstance(outcome, str):
             result.failed.append((unit, outcome))
             if shared:
                 job.failed_path(unit, launch).touch()
         elif outcome:
             result.done.append(unit)
-            if progress is not None:
-                progress.add(unit.windows)
+            if progress is not None and unit.windows > counted[0]:
+                progress.add(unit.windows - counted[0])  # the plan's count is the bar's total
     return result
 
 

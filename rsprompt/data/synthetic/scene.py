@@ -24,7 +24,7 @@ holds streets and buildings); heights are in metres.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 from affine import Affine
@@ -326,7 +326,39 @@ def _random_color(rng: np.random.Generator) -> np.ndarray:
 # ISPRS urban scene.
 
 
-def _gen_isprs(rng: np.random.Generator, h: int, w: int, scale: float) -> _Canvas:
+class _Grid(NamedTuple):
+    """The street grid of an ISPRS scene, in the canvas's rotated (u, v) coordinates."""
+
+    s: float  # object-size factor (``scale``, shrunk on small scenes)
+    su: float  # block spacing along u
+    sv: float  # block spacing along v
+    road_w: float  # street width
+    walk_w: float  # sidewalk width
+    off_u: float  # street line offset along u
+    off_v: float  # street line offset along v
+    umin: float
+    umax: float
+    vmin: float
+    vmax: float
+
+
+class _Pending:
+    """Trees and cars planned while laying out the scene, painted once the layout is done."""
+
+    def __init__(self, rng: np.random.Generator, s: float) -> None:
+        self.rng, self.s = rng, s
+        self.trees: list[tuple[float, float, float, float]] = []  # x, y, radius, top height
+        self.cars: list[tuple[float, float, bool, float]] = []  # u, v, along_u, length
+
+    def add_tree(self, x: float, y: float) -> None:
+        """Plan a tree crown at pixel ``(x, y)`` (draws its radius, then its top height)."""
+        self.trees.append(
+            (x, y, max(self.rng.uniform(5, 13) * self.s, 1.5), self.rng.uniform(5, 18))
+        )
+
+
+def _isprs_grid(rng: np.random.Generator, h: int, w: int, scale: float) -> tuple[_Canvas, _Grid]:
+    """Draw the street grid (spacing, angle, widths, offsets) and make the rotated canvas."""
     m = min(h, w)
     s = float(scale)
     spacing = rng.uniform(110, 170) * s
@@ -343,48 +375,52 @@ def _gen_isprs(rng: np.random.Generator, h: int, w: int, scale: float) -> _Canva
     uc, vc = (umin + umax) / 2, (vmin + vmax) / 2
     off_u = uc + rng.uniform(-0.5, 0.5) * su
     off_v = vc + rng.uniform(-0.5, 0.5) * sv
+    grid = _Grid(s, su, sv, road_w, walk_w, off_u, off_v, umin, umax, vmin, vmax)
+    return cv, grid
 
+
+def _paint_streets(cv: _Canvas, rng: np.random.Generator, g: _Grid) -> None:
+    """Lawn everywhere, then streets with sidewalks; each street line has its own colour."""
     # Ground: gardens and lawns.
     cv.color[:] = _grass_color(rng)[:, None, None]
     cv.labels[:] = LOW_VEGETATION
     cv.tex[:] = _GRASS
 
     # Streets with sidewalks (impervious); each street line has its own surface colour.
-    du = np.abs(np.mod(cv.U - off_u + su / 2, su) - su / 2)
-    dv = np.abs(np.mod(cv.V - off_v + sv / 2, sv) - sv / 2)
+    su, sv = g.su, g.sv
+    du = np.abs(np.mod(cv.U - g.off_u + su / 2, su) - su / 2)
+    dv = np.abs(np.mod(cv.V - g.off_v + sv / 2, sv) - sv / 2)
     n_lines = 64
     line_colors = np.stack([_paved_color(rng) for _ in range(n_lines)], axis=1)
-    walk = (du < road_w / 2 + walk_w) | (dv < road_w / 2 + walk_w)
-    road_u, road_v = du < road_w / 2, dv < road_w / 2
+    walk = (du < g.road_w / 2 + g.walk_w) | (dv < g.road_w / 2 + g.walk_w)
+    road_u, road_v = du < g.road_w / 2, dv < g.road_w / 2
     del du, dv
     cv.paint((slice(None), slice(None)), walk, IMPERVIOUS, _paved_color(rng), 0.0, _PAVED)
     for road, coord, off, sp, first in (
-        (road_v, cv.V, off_v, sv, n_lines // 2),
-        (road_u, cv.U, off_u, su, 0),
+        (road_v, cv.V, g.off_v, sv, n_lines // 2),
+        (road_u, cv.U, g.off_u, su, 0),
     ):
         k = np.floor((coord[road] - off + sp / 2) / sp).astype(np.int64) + first
         cv.color[:, road] = line_colors[:, np.mod(k, n_lines)]
         cv.labels[road] = IMPERVIOUS
         cv.tex[road] = _PAVED
 
-    pending_trees: list[tuple[float, float, float, float]] = []  # x, y, radius, top height
-    pending_cars: list[tuple[float, float, bool, float]] = []  # u, v, along_u, length
 
-    def add_tree(x: float, y: float) -> None:
-        pending_trees.append((x, y, max(rng.uniform(5, 13) * s, 1.5), rng.uniform(5, 18)))
-
-    car_len = max(0.65 * road_w, 3.0)
-    car_wid = max(0.28 * road_w, 1.5)
-
-    # Blocks between the streets, split into lots.
-    inset = road_w / 2 + walk_w
-    for bi in range(int(np.floor((umin - off_u) / su)) - 1, int(np.floor((umax - off_u) / su)) + 1):
+def _paint_blocks(
+    cv: _Canvas, rng: np.random.Generator, g: _Grid, pending: _Pending, car_len: float
+) -> None:
+    """Blocks between the streets, split into one or two lots each way (see :func:`_lot`)."""
+    su, sv, s = g.su, g.sv, g.s
+    inset = g.road_w / 2 + g.walk_w
+    for bi in range(
+        int(np.floor((g.umin - g.off_u) / su)) - 1, int(np.floor((g.umax - g.off_u) / su)) + 1
+    ):
         for bj in range(
-            int(np.floor((vmin - off_v) / sv)) - 1, int(np.floor((vmax - off_v) / sv)) + 1
+            int(np.floor((g.vmin - g.off_v) / sv)) - 1, int(np.floor((g.vmax - g.off_v) / sv)) + 1
         ):
-            bu0, bu1 = off_u + bi * su + inset, off_u + (bi + 1) * su - inset
-            bv0, bv1 = off_v + bj * sv + inset, off_v + (bj + 1) * sv - inset
-            if bu1 < umin or bu0 > umax or bv1 < vmin or bv0 > vmax:
+            bu0, bu1 = g.off_u + bi * su + inset, g.off_u + (bi + 1) * su - inset
+            bv0, bv1 = g.off_v + bj * sv + inset, g.off_v + (bj + 1) * sv - inset
+            if bu1 < g.umin or bu0 > g.umax or bv1 < g.vmin or bv0 > g.vmax:
                 continue
             if bu1 - bu0 < 6 or bv1 - bv0 < 6:
                 continue
@@ -396,12 +432,18 @@ def _gen_isprs(rng: np.random.Generator, h: int, w: int, scale: float) -> _Canva
                     lu1 = bu0 + (bu1 - bu0) * (i + 1) / nu
                     lv0 = bv0 + (bv1 - bv0) * j / nv
                     lv1 = bv0 + (bv1 - bv0) * (j + 1) / nv
-                    _lot(cv, rng, s, (lu0, lu1, lv0, lv1), add_tree, pending_cars, car_len)
+                    _lot(cv, rng, s, (lu0, lu1, lv0, lv1), pending.add_tree, pending.cars, car_len)
 
-    # Cars parked along the streets.
+
+def _plan_street_side(
+    cv: _Canvas, rng: np.random.Generator, g: _Grid, pending: _Pending, car_len: float
+) -> None:
+    """Plan cars parked along both sides of every street, and sometimes a row of street trees."""
+    s, road_w = g.s, g.road_w
+    umin, umax, vmin, vmax = g.umin, g.umax, g.vmin, g.vmax
     for along_u, off, sp, lo, hi in (
-        (False, off_u, su, umin, umax),
-        (True, off_v, sv, vmin, vmax),
+        (False, g.off_u, g.su, umin, umax),
+        (True, g.off_v, g.sv, vmin, vmax),
     ):
         for k in range(int(np.floor((lo - off) / sp)) - 1, int(np.floor((hi - off) / sp)) + 2):
             centre = off + k * sp
@@ -414,20 +456,29 @@ def _gen_isprs(rng: np.random.Generator, h: int, w: int, scale: float) -> _Canva
                 while pos < b:
                     if rng.random() < 0.6:
                         if along_u:
-                            pending_cars.append((pos, lane, True, car_len))
+                            pending.cars.append((pos, lane, True, car_len))
                         else:
-                            pending_cars.append((lane, pos, False, car_len))
+                            pending.cars.append((lane, pos, False, car_len))
                     pos += car_len * rng.uniform(1.3, 8)
             # Street trees along the sidewalks.
             if rng.random() < 0.3:
                 pos = (umin if along_u else vmin) + rng.uniform(0, 30 * s)
                 while pos < (umax if along_u else vmax):
-                    t = centre + rng.choice([-1, 1]) * (road_w / 2 + walk_w)
+                    t = centre + rng.choice([-1, 1]) * (road_w / 2 + g.walk_w)
                     x, y = cv.uv_to_xy(pos, t) if along_u else cv.uv_to_xy(t, pos)
-                    add_tree(x, y)
+                    pending.add_tree(x, y)
                     pos += rng.uniform(25, 45) * s
 
-    for u, v, along_u, length in pending_cars:
+
+def _paint_cars(
+    cv: _Canvas,
+    rng: np.random.Generator,
+    cars: list[tuple[float, float, bool, float]],
+    car_wid: float,
+) -> None:
+    """Paint the planned cars whose centre lies on an impervious pixel (clipped to impervious)."""
+    h, w = cv.h, cv.w
+    for u, v, along_u, length in cars:
         x, y = cv.uv_to_xy(u, v)
         ix, iy = int(x), int(y)
         if not (0 <= ix < w and 0 <= iy < h) or cv.labels[iy, ix] != IMPERVIOUS:
@@ -444,8 +495,16 @@ def _gen_isprs(rng: np.random.Generator, h: int, w: int, scale: float) -> _Canva
         mask &= cv.labels[sl] == IMPERVIOUS
         cv.paint(sl, mask, CAR, _car_color(rng), rng.uniform(1.4, 1.6), _CAR)
 
-    rough = fractal_noise(rng, (h, w), max(1.5 * s, 1.0), octaves=2)
-    for x, y, r, top in pending_trees:
+
+def _paint_trees(
+    cv: _Canvas,
+    rng: np.random.Generator,
+    trees: list[tuple[float, float, float, float]],
+    s: float,
+) -> None:
+    """Paint the planned tree crowns (domes with a rough top) everywhere but on buildings."""
+    rough = fractal_noise(rng, (cv.h, cv.w), max(1.5 * s, 1.0), octaves=2)
+    for x, y, r, top in trees:
         win = cv.disc(x, y, r)
         if win is None:
             continue
@@ -455,6 +514,19 @@ def _gen_isprs(rng: np.random.Generator, h: int, w: int, scale: float) -> _Canva
         z = top * (0.55 + 0.45 * dome) + 0.6 * rough[sl]
         z = np.maximum(z, np.where(cv.labels[sl] == TREE, cv.height[sl], 0))
         cv.paint(sl, mask, TREE, _tree_color(rng), z, _TREE, shade=0.72 + 0.38 * dome)
+
+
+def _gen_isprs(rng: np.random.Generator, h: int, w: int, scale: float) -> _Canvas:
+    """Lay out and paint an ISPRS urban scene: streets, lots with houses, then cars and trees."""
+    cv, g = _isprs_grid(rng, h, w, scale)
+    _paint_streets(cv, rng, g)
+    pending = _Pending(rng, g.s)
+    car_len = max(0.65 * g.road_w, 3.0)
+    car_wid = max(0.28 * g.road_w, 1.5)
+    _paint_blocks(cv, rng, g, pending, car_len)
+    _plan_street_side(cv, rng, g, pending, car_len)
+    _paint_cars(cv, rng, pending.cars, car_wid)
+    _paint_trees(cv, rng, pending.trees, g.s)
     return cv
 
 
@@ -577,13 +649,11 @@ def _built_table(rng: np.random.Generator, n: int) -> np.ndarray:
     return out
 
 
-def _gen_whu(rng: np.random.Generator, h: int, w: int, scale: float) -> _Canvas:
-    m = min(h, w)
-    s = float(scale) * min(1.0, m / 96)
-    cv = _Canvas(h, w, rng.uniform(-np.pi / 4, np.pi / 4))
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32) + 0.5
+_FULL = (slice(None), slice(None))
 
-    # Farmland parcels (each parcel one crop colour), with darker ditches between them.
+
+def _whu_farmland(cv: _Canvas, rng: np.random.Generator, s: float) -> np.ndarray:
+    """Farmland parcels (one crop colour each) with darker ditches; returns the extra SAR (dB)."""
     pu, pv = max(rng.uniform(14, 32) * s, 4), max(rng.uniform(8, 20) * s, 3)
     iu = np.floor(cv.U / pu).astype(np.int64)
     jit = rng.uniform(0, pv, 97).astype(np.float32)[np.mod(iu, 97)]
@@ -605,20 +675,26 @@ def _gen_whu(rng: np.random.Generator, h: int, w: int, scale: float) -> _Canvas:
     cv.tex[:] = _FIELD
     ditch = (np.mod(cv.U, pu) < 1.0) | (np.mod(cv.V + jit, pv) < 1.0)
     cv.shade[ditch] = 0.85
-    sar_extra = np.zeros((h, w), np.float32)
+    sar_extra = np.zeros((cv.h, cv.w), np.float32)
     sar_extra += rng.normal(0, 2.5, 4096).astype(np.float32)[pid]  # parcel backscatter
+    return sar_extra
 
-    # Forest on the "hills" of a smooth field.
-    relief = fractal_noise(rng, (h, w), m / 3, octaves=3)
+
+def _whu_forest(cv: _Canvas, rng: np.random.Generator, s: float) -> np.ndarray:
+    """Forest on the "hills" of a smooth field; returns the rough field villages reuse."""
+    h, w = cv.h, cv.w
+    relief = fractal_noise(rng, (h, w), min(h, w) / 3, octaves=3)
     forest = relief > np.quantile(relief, 1 - rng.uniform(0.1, 0.3))
     rough = fractal_noise(rng, (h, w), max(1.5 * s, 1.0), octaves=2)
     fc = np.array([40, 62, 42, 135], np.float32) * rng.uniform(0.9, 1.1)
-    full = (slice(None), slice(None))
-    cv.paint(full, forest, FOREST, fc, rng.uniform(10, 18) + 2.5 * rough, _FOREST)
+    cv.paint(_FULL, forest, FOREST, fc, rng.uniform(10, 18) + 2.5 * rough, _FOREST)
+    return rough
 
-    # Other land: bare ground, construction sites, greenhouses.
+
+def _whu_others(cv: _Canvas, rng: np.random.Generator, s: float) -> None:
+    """Other land: bare ground, construction sites, greenhouses (1–4 discs)."""
     for _ in range(int(rng.integers(1, 5))):
-        cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), max(rng.uniform(4, 12) * s, 2)
+        cx, cy, r = rng.uniform(0, cv.w), rng.uniform(0, cv.h), max(rng.uniform(4, 12) * s, 2)
         win = cv.disc(cx, cy, r)
         if win is not None:
             sl, mask, _ = win
@@ -629,52 +705,93 @@ def _gen_whu(rng: np.random.Generator, h: int, w: int, scale: float) -> _Canvas:
             )
             cv.paint(sl, mask, OTHERS, col, rng.uniform(0, 3), _CLUTTER)
 
+
+class _BuiltCells(NamedTuple):
+    """Built-up cells shared by city and village: colour table, cell index map, cell heights."""
+
+    colors: np.ndarray  # 4×4096 colours (:func:`_built_table`)
+    cell: np.ndarray  # H×W cell index
+    height: np.ndarray  # 4096 relative heights in [0, 1)
+
+
+def _whu_built_cells(
+    rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray, s: float
+) -> _BuiltCells:
+    """Draw the built-up colour table, the cell size and the cells' relative heights."""
     built = _built_table(rng, 4096)
     bs = max(rng.uniform(2.5, 5) * s, 1.5)
     cell = _hash_cells(np.floor(xx / bs).astype(np.int64), np.floor(yy / bs).astype(np.int64), 4096)
     cell_h = rng.uniform(0, 1, 4096).astype(np.float32)
+    return _BuiltCells(built, cell, cell_h)
 
-    # A city: a distorted ellipse with a fine street grid.
-    if rng.random() < 0.75:
-        cx, cy = rng.uniform(0.2, 0.8) * w, rng.uniform(0.2, 0.8) * h
-        rx, ry = rng.uniform(0.15, 0.35) * w, rng.uniform(0.15, 0.35) * h
-        d = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 + 0.35 * value_noise(rng, (h, w), m / 6)
-        city = d < 1
-        z = 6 + 44 * cell_h[cell] ** 2
-        cv.labels[city] = CITY
-        cv.color[:, city] = built[:, cell[city]]
-        cv.height[city] = z[city]
-        cv.tex[city] = _BUILT
-        sg = max(rng.uniform(10, 16) * s, 4)
-        streets = city & (
-            (np.mod(cv.U, sg) < max(1.5 * s, 1)) | (np.mod(cv.V, sg) < max(1.5 * s, 1))
-        )
-        # Inner-city streets: part of the city class (as annotated), only major roads are road.
-        cv.paint(full, streets, CITY, np.array([110, 112, 115, 100], np.float32), 0.0, _PAVED)
-        sar_extra[city] += np.where(rng.random(int(city.sum())) < 0.04, 12.0, 0.0)
 
-    # Villages: small built-up clusters.
+def _whu_city(
+    cv: _Canvas,
+    rng: np.random.Generator,
+    s: float,
+    grid: tuple[np.ndarray, np.ndarray],
+    cells: _BuiltCells,
+    sar_extra: np.ndarray,
+) -> None:
+    """A city (3 times in 4): a distorted ellipse of tall built-up cells with a street grid."""
+    if not rng.random() < 0.75:
+        return
+    h, w = cv.h, cv.w
+    xx, yy = grid
+    cx, cy = rng.uniform(0.2, 0.8) * w, rng.uniform(0.2, 0.8) * h
+    rx, ry = rng.uniform(0.15, 0.35) * w, rng.uniform(0.15, 0.35) * h
+    noise = value_noise(rng, (h, w), min(h, w) / 6)
+    d = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 + 0.35 * noise
+    city = d < 1
+    z = 6 + 44 * cells.height[cells.cell] ** 2
+    cv.labels[city] = CITY
+    cv.color[:, city] = cells.colors[:, cells.cell[city]]
+    cv.height[city] = z[city]
+    cv.tex[city] = _BUILT
+    sg = max(rng.uniform(10, 16) * s, 4)
+    streets = city & ((np.mod(cv.U, sg) < max(1.5 * s, 1)) | (np.mod(cv.V, sg) < max(1.5 * s, 1)))
+    # Inner-city streets: part of the city class (as annotated), only major roads are road.
+    cv.paint(_FULL, streets, CITY, np.array([110, 112, 115, 100], np.float32), 0.0, _PAVED)
+    sar_extra[city] += np.where(rng.random(int(city.sum())) < 0.04, 12.0, 0.0)
+
+
+def _whu_villages(
+    cv: _Canvas,
+    rng: np.random.Generator,
+    s: float,
+    rough: np.ndarray,
+    cells: _BuiltCells,
+    sar_extra: np.ndarray,
+) -> None:
+    """Villages: 2–6 small built-up clusters with rough edges, outside the city."""
     for _ in range(int(rng.integers(2, 7))):
-        cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), max(rng.uniform(6, 16) * s, 3)
+        cx, cy, r = rng.uniform(0, cv.w), rng.uniform(0, cv.h), max(rng.uniform(6, 16) * s, 3)
         win = cv.disc(cx, cy, r * 1.3)
         if win is None:
             continue
         sl, mask, d2 = win
         mask &= (d2 + 0.3 * rough[sl] < 0.75) & (cv.labels[sl] != CITY)
-        z = 3 + 6 * cell_h[cell[sl]]
+        z = 3 + 6 * cells.height[cells.cell[sl]]
         lab = cv.labels[sl]
         lab[mask] = VILLAGE
-        cv.color[:, sl[0], sl[1]][:, mask] = built[:, cell[sl][mask]]
+        cv.color[:, sl[0], sl[1]][:, mask] = cells.colors[:, cells.cell[sl][mask]]
         cv.height[sl][mask] = z[mask]
         cv.tex[sl][mask] = _BUILT
         sar_extra[sl][mask] += np.where(rng.random(int(mask.sum())) < 0.02, 10.0, 0.0)
 
-    # Water: a meandering river and sometimes a lake.
+
+def _whu_water(
+    cv: _Canvas, rng: np.random.Generator, s: float, grid: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """Water: sometimes a lake, usually a meandering river."""
+    h, w = cv.h, cv.w
+    m = min(h, w)
+    xx, yy = grid
     wc = np.array([40, 62, 78, 18], np.float32) * rng.uniform(0.85, 1.15)
     if rng.random() < 0.5:
         lake_field = fractal_noise(rng, (h, w), m / 4, octaves=2)
         lake = lake_field > np.quantile(lake_field, 0.96)
-        cv.paint(full, lake, WATER, wc, 0.0, _WATER)
+        cv.paint(_FULL, lake, WATER, wc, 0.0, _WATER)
     if rng.random() < 0.8:
         ang = rng.uniform(0, np.pi)
         ru = xx * np.cos(ang) + yy * np.sin(ang)
@@ -683,16 +800,37 @@ def _gen_whu(rng: np.random.Generator, h: int, w: int, scale: float) -> _Canvas:
         lam, amp = rng.uniform(0.6, 1.5) * m, rng.uniform(0.03, 0.12) * m
         centre = rvc + amp * np.sin(2 * np.pi * ru / lam + rng.uniform(0, 2 * np.pi))
         river = np.abs(rv - centre) < max(rng.uniform(2, 5) * s, 1.2)
-        cv.paint(full, river, WATER, wc, 0.0, _WATER)
+        cv.paint(_FULL, river, WATER, wc, 0.0, _WATER)
 
-    # Roads: straight lines across the scene (bridges cross the water).
+
+def _whu_roads(
+    cv: _Canvas, rng: np.random.Generator, s: float, grid: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """Roads: 1–3 straight lines across the scene (bridges cross the water)."""
+    h, w = cv.h, cv.w
+    xx, yy = grid
     rc = np.array([135, 135, 138, 120], np.float32)
     for _ in range(int(rng.integers(1, 4))):
         ang = rng.uniform(0, np.pi)
         px, py = rng.uniform(0.1, 0.9) * w, rng.uniform(0.1, 0.9) * h
         dist = np.abs(-(xx - px) * np.sin(ang) + (yy - py) * np.cos(ang))
         road = dist < max(rng.uniform(0.8, 1.8) * s, 0.75)
-        cv.paint(full, road, ROAD, rc * rng.uniform(0.9, 1.1), 0.0, _PAVED)
+        cv.paint(_FULL, road, ROAD, rc * rng.uniform(0.9, 1.1), 0.0, _PAVED)
+
+
+def _gen_whu(rng: np.random.Generator, h: int, w: int, scale: float) -> _Canvas:
+    """Lay out and paint a WHU-OPT-SAR landscape, layer by layer (later layers paint over)."""
+    s = float(scale) * min(1.0, min(h, w) / 96)
+    cv = _Canvas(h, w, rng.uniform(-np.pi / 4, np.pi / 4))
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32) + 0.5
+    sar_extra = _whu_farmland(cv, rng, s)
+    rough = _whu_forest(cv, rng, s)
+    _whu_others(cv, rng, s)
+    cells = _whu_built_cells(rng, xx, yy, s)
+    _whu_city(cv, rng, s, (xx, yy), cells, sar_extra)
+    _whu_villages(cv, rng, s, rough, cells, sar_extra)
+    _whu_water(cv, rng, s, (xx, yy))
+    _whu_roads(cv, rng, s, (xx, yy))
     cv.sar_extra = sar_extra  # type: ignore[attr-defined]
     return cv
 
@@ -731,6 +869,93 @@ def _parse_size(size: int | tuple[int, int]) -> tuple[int, int]:
     if h < 8 or w < 8:
         raise ValueError(f"scene size must be at least 8×8 pixels, got {h}×{w}")
     return h, w
+
+
+def _grid_options(
+    kind: str,
+    bands: str | None,
+    aux: str | None,
+    resolution: float | None,
+    crs: str | int | CRS | None,
+    origin: tuple[float, float] | None,
+) -> tuple[dict, str, str, float, CRS | None, Affine]:
+    """Check ``kind``/``bands``/``aux``/``resolution`` and fill in the kind's defaults.
+
+    Returns:
+        The kind's defaults, the band order, the aux, the resolution, the CRS and the transform.
+
+    Raises:
+        ValueError: For an unknown kind, band order or aux, or a non-positive resolution.
+    """
+    if kind not in KIND_DEFAULTS:
+        raise ValueError(f"unknown scene kind {kind!r}; expected one of {', '.join(KINDS)}")
+    d = KIND_DEFAULTS[kind]
+    bands = bands or d["bands"]
+    if bands not in BAND_ORDERS:
+        raise ValueError(f"unknown band order {bands!r}; expected one of {', '.join(BAND_ORDERS)}")
+    aux = aux or d["aux"]
+    if aux not in ("dsm", "sar", "both"):
+        raise ValueError(f"aux must be 'dsm', 'sar' or 'both', got {aux!r}")
+    res = float(resolution if resolution is not None else d["resolution"])
+    if not res > 0:
+        raise ValueError(f"resolution must be positive, got {res}")
+    if isinstance(crs, str) and crs == "auto":
+        crs = d["crs"]
+    crs_obj = None if crs is None else CRS.from_user_input(crs)
+    x0, y0 = origin if origin is not None else d["origin"]
+    transform = Affine(res, 0.0, float(x0), 0.0, -res, float(y0))
+    return d, bands, aux, res, crs_obj, transform
+
+
+def _render_optical(trng: np.random.Generator, cv: _Canvas, kind: str, scale: float) -> np.ndarray:
+    """Optical ``4×H×W`` uint8 (R, G, B, NIR): colour × texture × shading, sensor noise, blur."""
+    h, w = cv.h, cv.w
+    m = min(h, w)
+    tex = cv.tex
+    mult = _TEX_AMPS[:, 0][tex] * trng.standard_normal((h, w), np.float32)
+    mult += _TEX_AMPS[:, 1][tex] * value_noise(
+        trng, (h, w), 2.5 * scale if kind == "isprs" else 1.5
+    )
+    mult += _TEX_AMPS[:, 2][tex] * fractal_noise(trng, (h, w), max(m / 4, 4), octaves=2)
+    mult += 1.0
+    mult *= cv.shade
+    sensor = trng.standard_normal((h, w), np.float32) * np.float32(1.5)
+    rgbn = np.empty((4, h, w), np.uint8)
+    for b in range(4):  # band by band: bounded memory on large scenes
+        band = cv.color[b] * mult
+        band += np.roll(sensor, (b * 7) % h, axis=0) if b else sensor  # independent per band
+        band = 0.4 * band + 0.6 * blur3(band)
+        rgbn[b] = np.clip(np.rint(band), 0, 255)
+    return rgbn
+
+
+def _terrain(
+    grng: np.random.Generator, kind: str, shape: tuple[int, int], level: float, res: float
+) -> np.ndarray:
+    """Terrain elevation (float32 ``H×W``): a gentle plane plus low-frequency relief."""
+    h, w = shape
+    m = min(h, w)
+    grade = 0.03 if kind == "isprs" else 0.004  # up to 3 % in town, 0.4 % on the plain
+    gx, gy = grng.uniform(-grade, grade, 2) * res
+    extent = m * res
+    yy = np.arange(h, dtype=np.float32)[:, None]
+    xx = np.arange(w, dtype=np.float32)[None, :]
+    relief_amp = min(2.0, 0.02 * extent)
+    return (
+        level + gx * xx + gy * yy + relief_amp * fractal_noise(grng, (h, w), max(m / 2, 4), 2)
+    ).astype(np.float32)
+
+
+def _object_heights(grng: np.random.Generator, cv: _Canvas, kind: str) -> np.ndarray:
+    """Heights above ground of the objects; ISPRS lawns get a little grass roughness."""
+    height = cv.height
+    if kind == "isprs":  # grass roughness
+        height = np.where(
+            cv.labels == LOW_VEGETATION,
+            np.abs(0.12 * grng.standard_normal((cv.h, cv.w), np.float32)),
+            height,
+        ).astype(np.float32)
+    return height
 
 
 def generate_scene(
@@ -783,70 +1008,23 @@ def generate_scene(
         >>> s.optical.shape, s.optical.dtype.name, s.dsm.dtype.name, s.crs.to_epsg()
         ((3, 64, 64), 'uint8', 'float32', 32633)
     """
-    if kind not in KIND_DEFAULTS:
-        raise ValueError(f"unknown scene kind {kind!r}; expected one of {', '.join(KINDS)}")
-    d = KIND_DEFAULTS[kind]
-    bands = bands or d["bands"]
-    if bands not in BAND_ORDERS:
-        raise ValueError(f"unknown band order {bands!r}; expected one of {', '.join(BAND_ORDERS)}")
-    aux = aux or d["aux"]
-    if aux not in ("dsm", "sar", "both"):
-        raise ValueError(f"aux must be 'dsm', 'sar' or 'both', got {aux!r}")
-    res = float(resolution if resolution is not None else d["resolution"])
-    if not res > 0:
-        raise ValueError(f"resolution must be positive, got {res}")
-    if isinstance(crs, str) and crs == "auto":
-        crs = d["crs"]
-    crs_obj = None if crs is None else CRS.from_user_input(crs)
-    x0, y0 = origin if origin is not None else d["origin"]
-    transform = Affine(res, 0.0, float(x0), 0.0, -res, float(y0))
+    d, bands, aux, res, crs_obj, transform = _grid_options(
+        kind, bands, aux, resolution, crs, origin
+    )
     h, w = _parse_size(size)
 
     # Independent streams: layout, texture, terrain and SAR do not shift each other.
     layout_ss, tex_ss, terrain_ss, sar_ss = np.random.SeedSequence([int(seed), 7]).spawn(4)
     rng = np.random.default_rng(layout_ss)
     cv = _gen_isprs(rng, h, w, scale) if kind == "isprs" else _gen_whu(rng, h, w, scale)
-
-    # Optical: per-object colour × texture × shading, sensor noise, slight blur.
-    trng = np.random.default_rng(tex_ss)
-    m = min(h, w)
-    tex = cv.tex
-    mult = _TEX_AMPS[:, 0][tex] * trng.standard_normal((h, w), np.float32)
-    mult += _TEX_AMPS[:, 1][tex] * value_noise(
-        trng, (h, w), 2.5 * scale if kind == "isprs" else 1.5
-    )
-    mult += _TEX_AMPS[:, 2][tex] * fractal_noise(trng, (h, w), max(m / 4, 4), octaves=2)
-    mult += 1.0
-    mult *= cv.shade
-    sensor = trng.standard_normal((h, w), np.float32) * np.float32(1.5)
-    rgbn = np.empty((4, h, w), np.uint8)
-    for b in range(4):  # band by band: bounded memory on large scenes
-        band = cv.color[b] * mult
-        band += np.roll(sensor, (b * 7) % h, axis=0) if b else sensor  # independent per band
-        band = 0.4 * band + 0.6 * blur3(band)
-        rgbn[b] = np.clip(np.rint(band), 0, 255)
-    del mult, sensor
+    rgbn = _render_optical(np.random.default_rng(tex_ss), cv, kind, scale)
     optical = convert_bands(rgbn, "rgbir", bands)
 
-    # Terrain: a gentle plane plus low-frequency relief; DSM = terrain + objects + noise.
+    # DSM = terrain + objects + noise.
     grng = np.random.default_rng(terrain_ss)
     level = float(ground_level if ground_level is not None else d["ground_level"])
-    grade = 0.03 if kind == "isprs" else 0.004  # up to 3 % in town, 0.4 % on the plain
-    gx, gy = grng.uniform(-grade, grade, 2) * res
-    extent = m * res
-    yy = np.arange(h, dtype=np.float32)[:, None]
-    xx = np.arange(w, dtype=np.float32)[None, :]
-    relief_amp = min(2.0, 0.02 * extent)
-    ground = (
-        level + gx * xx + gy * yy + relief_amp * fractal_noise(grng, (h, w), max(m / 2, 4), 2)
-    ).astype(np.float32)
-    height = cv.height
-    if kind == "isprs":  # grass roughness
-        height = np.where(
-            cv.labels == LOW_VEGETATION,
-            np.abs(0.12 * grng.standard_normal((h, w), np.float32)),
-            height,
-        ).astype(np.float32)
+    ground = _terrain(grng, kind, (h, w), level, res)
+    height = _object_heights(grng, cv, kind)
     dsm = None
     if aux in ("dsm", "both"):
         dsm = (ground + height + grng.normal(0, 0.05, (h, w)).astype(np.float32)).astype(np.float32)

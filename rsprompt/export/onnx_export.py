@@ -571,6 +571,145 @@ def _prepare(predictor: Any, window: int, source: Path) -> None:
             )
 
 
+def _export_layout(predictor: Any, source: Path, optical_only: bool) -> tuple[Any, InputLayout]:
+    """The checkpoint's normalisation and the graph's input layout (checked exportable)."""
+    meta, norm = predictor.meta, predictor.normalization
+    if norm is None:
+        raise ExportError(
+            f"checkpoint {source} records no normalisation: its value scaling cannot be baked "
+            "into the graph"
+        )
+    layout = input_layout(meta, source)
+    if optical_only:
+        layout = dataclasses.replace(layout, aux_kind=None, aux_channels=0)
+    if layout.n_optical is None:
+        raise ExportError(
+            f"checkpoint {source} does not tell how many optical bands the model reads (no band "
+            "selection and one mean value): it cannot be exported with a fixed input"
+        )
+    return norm, layout
+
+
+def _window(meta: dict[str, Any], window: int | None) -> int:
+    """The tile side: ``window``, else the training patch size, else 512 (at least 8)."""
+    win = int(window if window is not None else (meta.get("patch_size") or 512))
+    if win < 8:
+        raise ExportError(f"--window must be at least 8 pixels, got {win}")
+    return win
+
+
+def _raw_input_model(
+    predictor: Any,
+    layout: InputLayout,
+    stats: dict[str, float] | None,
+    win: int,
+    res_cm: float,
+    source: Path,
+) -> tuple[RawInputModel, torch.Tensor]:
+    """The graph to trace and its example input, after a dry run on one ``win×win`` window."""
+    meta, norm = predictor.meta, predictor.normalization
+    net = RawInputModel(
+        predictor.model,
+        norm.optical,
+        norm.aux,
+        n_optical=layout.n_optical,
+        aux_channels=layout.aux_channels,
+        aux_stats=stats,
+        size=(win, win),
+        res=res_cm / 100.0,
+    ).eval()
+    example = torch.from_numpy(sample_window(norm, layout, win, batch=1, aux_stats=stats))
+    try:
+        with torch.no_grad():
+            net(example)
+    except (ValueError, RuntimeError) as exc:
+        raise ExportError(
+            f"checkpoint {source} ({meta.get('method')}) does not run on {win}×{win} windows: "
+            f"{str(exc).splitlines()[0]}"
+        ) from None
+    return net, example
+
+
+def _export_metadata(
+    predictor: Any,
+    layout: InputLayout,
+    stats: dict[str, float] | None,
+    win: int,
+    res_cm: float,
+    source: Path,
+) -> dict[str, str]:
+    """The metadata of the export (:func:`deepness_metadata` with the checkpoint's values)."""
+    from rsprompt.models.weights import sha256_file
+
+    norm = predictor.normalization
+    aux_record = None
+    if norm.aux is not None and layout.aux_channels:
+        aux_record = {**norm.aux.to_dict(), **({"fixed_stats": stats} if stats else {})}
+    return deepness_metadata(
+        classes=list(predictor.classes.names),
+        colors=list(predictor.classes.colors),
+        window=win,
+        overlap_percent=round(100 * (win // 4) / win),
+        resolution_cm=res_cm,
+        channels=layout.n_optical + layout.aux_channels,
+        meta=predictor.meta,
+        layout=layout,
+        aux_normalization=aux_record,
+        checkpoint_sha256=sha256_file(source),
+    )
+
+
+def _first_line(exc: Exception) -> str:
+    """The first line of an exception's message, or its type's name when it has none."""
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _write_checked(
+    predictor: Any,
+    layout: InputLayout,
+    graph: tuple[RawInputModel, torch.Tensor],
+    metadata: dict[str, str],
+    *,
+    stats: dict[str, float] | None,
+    win: int,
+    res_cm: float,
+    opset: int,
+    tolerance: float,
+    source: Path,
+    out: Path,
+) -> float:
+    """Trace to a temporary file, finish and verify it, then move it to ``out`` atomically.
+
+    Returns:
+        The largest absolute difference of the probabilities, onnxruntime vs torch.
+    """
+    meta, norm = predictor.meta, predictor.normalization
+    net, example = graph
+    tmp = temp_path(out)
+    try:
+        try:
+            _trace(net, example, tmp, opset)
+        except Exception as exc:  # the exporter raises many types; the message says which op
+            raise ExportError(
+                f"checkpoint {source} ({meta.get('method')}, {meta.get('encoder')}) does not "
+                f"export to ONNX opset {opset}: {_first_line(exc)}"
+            ) from None
+        try:
+            _finish_graph(tmp, metadata, len(predictor.classes.names), win)
+        except Exception as exc:  # onnx raises its own types (e.g. a model over 2 GB)
+            raise ExportError(f"cannot finish the ONNX file {out}: {_first_line(exc)}") from None
+        check = sample_window(norm, layout, win, batch=2, aux_stats=stats, seed=1)
+        expected = reference_probabilities(
+            predictor.model, norm, layout, check, aux_stats=stats, res_m=res_cm / 100.0
+        )
+        diff = _verify(tmp, expected, check, tolerance)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return diff
+
+
 def export_onnx(
     checkpoint: str | Path,
     out: str | Path,
@@ -609,94 +748,34 @@ def export_onnx(
         ExportError: Missing dependency, bad input or option, a model that does not export or an
             export that does not match the torch model; nothing is written then.
     """
-    from rsprompt.models.weights import sha256_file
-
     require_onnx("onnx", "onnxruntime")
     source, out = Path(checkpoint), Path(out)
     check_output(out, overwrite)
     if opset < 14:
         raise ExportError(f"--opset {opset} is too old: rsprompt models need opset 14 or newer")
     predictor = _load(source, weights, classes)
-    meta, norm = predictor.meta, predictor.normalization
-    if norm is None:
-        raise ExportError(
-            f"checkpoint {source} records no normalisation: its value scaling cannot be baked "
-            "into the graph"
-        )
-    layout = input_layout(meta, source)
-    if optical_only:
-        layout = dataclasses.replace(layout, aux_kind=None, aux_channels=0)
-    if layout.n_optical is None:
-        raise ExportError(
-            f"checkpoint {source} does not tell how many optical bands the model reads (no band "
-            "selection and one mean value): it cannot be exported with a fixed input"
-        )
-    win = int(window if window is not None else (meta.get("patch_size") or 512))
-    if win < 8:
-        raise ExportError(f"--window must be at least 8 pixels, got {win}")
-    res_cm = _resolution(meta, resolution, source)
+    norm, layout = _export_layout(predictor, source, optical_only)
+    win = _window(predictor.meta, window)
+    res_cm = _resolution(predictor.meta, resolution, source)
     stats = _fixed_stats(
         norm.aux if layout.aux_channels else None, layout, aux_stats, aux_range, source
     )
     _prepare(predictor, win, source)
-    net = RawInputModel(
-        predictor.model,
-        norm.optical,
-        norm.aux,
-        n_optical=layout.n_optical,
-        aux_channels=layout.aux_channels,
-        aux_stats=stats,
-        size=(win, win),
-        res=res_cm / 100.0,
-    ).eval()
-    example = torch.from_numpy(sample_window(norm, layout, win, batch=1, aux_stats=stats))
-    try:
-        with torch.no_grad():
-            net(example)
-    except (ValueError, RuntimeError) as exc:
-        raise ExportError(
-            f"checkpoint {source} ({meta.get('method')}) does not run on {win}×{win} windows: "
-            f"{str(exc).splitlines()[0]}"
-        ) from None
-    aux_record = None
-    if norm.aux is not None and layout.aux_channels:
-        aux_record = {**norm.aux.to_dict(), **({"fixed_stats": stats} if stats else {})}
-    metadata = deepness_metadata(
-        classes=list(predictor.classes.names),
-        colors=list(predictor.classes.colors),
-        window=win,
-        overlap_percent=round(100 * (win // 4) / win),
-        resolution_cm=res_cm,
-        channels=layout.n_optical + layout.aux_channels,
-        meta=meta,
-        layout=layout,
-        aux_normalization=aux_record,
-        checkpoint_sha256=sha256_file(source),
+    graph = _raw_input_model(predictor, layout, stats, win, res_cm, source)
+    metadata = _export_metadata(predictor, layout, stats, win, res_cm, source)
+    diff = _write_checked(
+        predictor,
+        layout,
+        graph,
+        metadata,
+        stats=stats,
+        win=win,
+        res_cm=res_cm,
+        opset=opset,
+        tolerance=tolerance,
+        source=source,
+        out=out,
     )
-    tmp = temp_path(out)
-    try:
-        try:
-            _trace(net, example, tmp, opset)
-        except Exception as exc:  # the exporter raises many types; the message says which op
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ExportError(
-                f"checkpoint {source} ({meta.get('method')}, {meta.get('encoder')}) does not "
-                f"export to ONNX opset {opset}: {first}"
-            ) from None
-        try:
-            _finish_graph(tmp, metadata, len(predictor.classes.names), win)
-        except Exception as exc:  # onnx raises its own types (e.g. a model over 2 GB)
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ExportError(f"cannot finish the ONNX file {out}: {first}") from None
-        check = sample_window(norm, layout, win, batch=2, aux_stats=stats, seed=1)
-        expected = reference_probabilities(
-            predictor.model, norm, layout, check, aux_stats=stats, res_m=res_cm / 100.0
-        )
-        diff = _verify(tmp, expected, check, tolerance)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return ExportSummary(
         path=out,
         window=win,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -194,108 +196,39 @@ def synth(
       rsprompt synth --layout vaihingen --out data/vaihingen --size 256 --tiles 1,3,2
       rsprompt synth --layout custom --out mydata --count 3 --aux-crs EPSG:32632
     """  # noqa: D301 — "\b" is click's no-rewrap marker (a backspace character)
-    from rsprompt.data.synthetic import generate_scene, trainable_tiles, write_layout, write_scene
-
-    custom_only = {"--count": count, "--dtype": dtype, "--labels-crs": labels_crs}
-    if layout != "custom" and any(v is not None for v in custom_only.values()):
-        given = [k for k, v in custom_only.items() if v is not None]
-        raise click.UsageError(f"{', '.join(given)} apply to --layout custom only")
+    opts = _SynthOptions(
+        kind=kind,
+        out=out,
+        size=size,
+        seed=seed,
+        layout=layout,
+        bands=bands,
+        aux=aux,
+        resolution=resolution,
+        crs=crs,
+        aux_crs=aux_crs,
+        aux_resolution=aux_resolution,
+        aux_coverage=aux_coverage,
+        aux_nodata_border=aux_nodata_border,
+        tiles=tiles,
+        labels_flat=labels_flat,
+        dsm_world_files=dsm_world_files,
+        off_palette=off_palette,
+        no_georef=no_georef,
+        overwrite=overwrite,
+        count=count,
+        dtype=dtype,
+        labels_crs=labels_crs,
+    )
+    _refuse_custom_only(opts)
     try:
         if layout == "custom":
-            _write_custom(
-                out,
-                kind=kind or "isprs",
-                size=size,
-                seed=seed,
-                bands=bands,
-                count=count,
-                dtype=dtype,
-                resolution=resolution,
-                crs=crs,
-                aux_crs=aux_crs,
-                aux_resolution=aux_resolution,
-                labels_crs=labels_crs,
-                overwrite=overwrite,
-                refused={
-                    "--aux": aux,
-                    "--aux-coverage": None if aux_coverage == 1.0 else aux_coverage,
-                    "--aux-nodata-border": aux_nodata_border or None,
-                    "--tiles": tiles or None,
-                    "--labels-flat": labels_flat or None,
-                    "--dsm-world-files": dsm_world_files or None,
-                    "--off-palette": off_palette or None,
-                    "--no-georef": no_georef or None,
-                },
-            )
+            _synth_custom(opts)
             return
         if layout is not None:
-            if kind is not None and kind != _LAYOUT_KIND[layout]:
-                raise click.UsageError(
-                    f"--layout {layout} holds {_LAYOUT_KIND[layout]} scenes, not --kind {kind}"
-                )
-            scene_only = {
-                "--bands": bands,
-                "--aux": aux,
-                "--resolution": resolution,
-                "--crs": crs,
-                "--aux-crs": aux_crs,
-                "--aux-resolution": aux_resolution,
-                "--aux-coverage": None if aux_coverage == 1.0 else aux_coverage,
-                "--aux-nodata-border": aux_nodata_border or None,
-            }
-            given = [k for k, v in scene_only.items() if v is not None]
-            if given:
-                raise click.UsageError(
-                    f"{', '.join(given)} apply to the default scene output, not to --layout "
-                    "(an official layout fixes its own bands, grid and modalities)"
-                )
-            options: dict = {"labels_flat": labels_flat}
-            if layout == "vaihingen":
-                options["dsm_world_files"] = dsm_world_files
-            if layout == "whu-opt-sar":
-                options["georeferenced"] = not no_georef
-            if off_palette:
-                if layout != "potsdam":
-                    raise click.UsageError("--off-palette applies to --layout potsdam")
-                car, odd = (255, 255, 0), (252, 255, 0)
-                options["off_palette"] = {t: {car: odd} for t in _parse_tiles(off_palette) or []}
-            written = write_layout(
-                out,
-                layout,
-                tiles=_parse_tiles(tiles) or trainable_tiles(layout),
-                size=size,
-                seed=seed,
-                overwrite=overwrite,
-                **options,
-            )
-            n = sum(len(v) for v in written.values())
-            click.echo(f"wrote {n} files for {len(written)} {layout} tile(s) under {out}")
-            for tile, paths in written.items():
-                for key, path in paths.items():
-                    click.echo(f"  {tile}\t{key}\t{path}")
+            _synth_layout(opts)
             return
-        if tiles or labels_flat or dsm_world_files or off_palette:
-            raise click.UsageError(
-                "--tiles, --labels-flat, --dsm-world-files and --off-palette need --layout"
-            )
-        scene = generate_scene(
-            kind or "isprs",
-            size,
-            seed,
-            bands=bands,
-            resolution=resolution,
-            crs=None if no_georef else (crs or "auto"),
-            aux=aux,
-        )
-        written = write_scene(
-            scene,
-            out,
-            aux_crs=aux_crs,
-            aux_resolution=aux_resolution,
-            aux_coverage=aux_coverage,
-            aux_nodata_border=aux_nodata_border,
-            overwrite=overwrite,
-        )
+        scene, written = _synth_scene(opts)
     except FileExistsError as exc:
         raise click.ClickException(str(exc)) from None
     except ValueError as exc:
@@ -303,6 +236,173 @@ def synth(
     click.echo(f"wrote {scene.kind} scene {scene.shape[0]}x{scene.shape[1]} (seed {seed}) to {out}")
     for key, path in written.items():
         click.echo(f"  {key}\t{path}")
+
+
+@dataclass(frozen=True)
+class _SynthOptions:
+    """The values ``rsprompt synth`` was given (see its options for their meaning)."""
+
+    kind: str | None
+    out: Path
+    size: int | tuple[int, int]
+    seed: int
+    layout: str | None
+    bands: str | None
+    aux: str | None
+    resolution: float | None
+    crs: str | None
+    aux_crs: str | None
+    aux_resolution: float | None
+    aux_coverage: float
+    aux_nodata_border: int
+    tiles: tuple[str, ...]
+    labels_flat: bool
+    dsm_world_files: bool
+    off_palette: tuple[str, ...]
+    no_georef: bool
+    overwrite: bool
+    count: int | None
+    dtype: str | None
+    labels_crs: str | None
+
+
+def _given(options: dict[str, Any]) -> list[str]:
+    """The names in ``options`` whose value is not None (the options given), in order."""
+    return [k for k, v in options.items() if v is not None]
+
+
+def _aux_grid_given(o: _SynthOptions) -> dict[str, Any]:
+    """--aux-coverage and --aux-nodata-border, None where left at their defaults."""
+    return {
+        "--aux-coverage": None if o.aux_coverage == 1.0 else o.aux_coverage,
+        "--aux-nodata-border": o.aux_nodata_border or None,
+    }
+
+
+def _refuse_custom_only(o: _SynthOptions) -> None:
+    """Raise a usage error when an option of ``--layout custom`` is given without it."""
+    given = _given({"--count": o.count, "--dtype": o.dtype, "--labels-crs": o.labels_crs})
+    if o.layout != "custom" and given:
+        raise click.UsageError(f"{', '.join(given)} apply to --layout custom only")
+
+
+def _synth_custom(o: _SynthOptions) -> None:
+    """``--layout custom``: hand its options to :func:`_write_custom`, refusing the others."""
+    _write_custom(
+        o.out,
+        kind=o.kind or "isprs",
+        size=o.size,
+        seed=o.seed,
+        bands=o.bands,
+        count=o.count,
+        dtype=o.dtype,
+        resolution=o.resolution,
+        crs=o.crs,
+        aux_crs=o.aux_crs,
+        aux_resolution=o.aux_resolution,
+        labels_crs=o.labels_crs,
+        overwrite=o.overwrite,
+        refused={
+            "--aux": o.aux,
+            **_aux_grid_given(o),
+            "--tiles": o.tiles or None,
+            "--labels-flat": o.labels_flat or None,
+            "--dsm-world-files": o.dsm_world_files or None,
+            "--off-palette": o.off_palette or None,
+            "--no-georef": o.no_georef or None,
+        },
+    )
+
+
+def _check_layout_options(o: _SynthOptions) -> None:
+    """Refuse a --kind other than the layout's and the options of the default scene output."""
+    layout = o.layout
+    if o.kind is not None and o.kind != _LAYOUT_KIND[layout]:
+        raise click.UsageError(
+            f"--layout {layout} holds {_LAYOUT_KIND[layout]} scenes, not --kind {o.kind}"
+        )
+    scene_only = {
+        "--bands": o.bands,
+        "--aux": o.aux,
+        "--resolution": o.resolution,
+        "--crs": o.crs,
+        "--aux-crs": o.aux_crs,
+        "--aux-resolution": o.aux_resolution,
+        **_aux_grid_given(o),
+    }
+    given = _given(scene_only)
+    if given:
+        raise click.UsageError(
+            f"{', '.join(given)} apply to the default scene output, not to --layout "
+            "(an official layout fixes its own bands, grid and modalities)"
+        )
+
+
+def _layout_extras(o: _SynthOptions) -> dict[str, Any]:
+    """The keyword options of ``write_layout`` that depend on the layout."""
+    options: dict = {"labels_flat": o.labels_flat}
+    if o.layout == "vaihingen":
+        options["dsm_world_files"] = o.dsm_world_files
+    if o.layout == "whu-opt-sar":
+        options["georeferenced"] = not o.no_georef
+    if o.off_palette:
+        if o.layout != "potsdam":
+            raise click.UsageError("--off-palette applies to --layout potsdam")
+        car, odd = (255, 255, 0), (252, 255, 0)
+        options["off_palette"] = {t: {car: odd} for t in _parse_tiles(o.off_palette) or []}
+    return options
+
+
+def _synth_layout(o: _SynthOptions) -> None:
+    """``--layout vaihingen|potsdam|whu-opt-sar``: check the options, write the tiles, list them."""
+    from rsprompt.data.synthetic import trainable_tiles, write_layout
+
+    _check_layout_options(o)
+    layout, out = o.layout, o.out
+    extras = _layout_extras(o)
+    written = write_layout(
+        out,
+        layout,
+        tiles=_parse_tiles(o.tiles) or trainable_tiles(layout),
+        size=o.size,
+        seed=o.seed,
+        overwrite=o.overwrite,
+        **extras,
+    )
+    n = sum(len(v) for v in written.values())
+    click.echo(f"wrote {n} files for {len(written)} {layout} tile(s) under {out}")
+    for tile, paths in written.items():
+        for key, path in paths.items():
+            click.echo(f"  {tile}\t{key}\t{path}")
+
+
+def _synth_scene(o: _SynthOptions) -> tuple[Any, dict[str, Path]]:
+    """The default output: one scene; returns it and the paths written by key."""
+    from rsprompt.data.synthetic import generate_scene, write_scene
+
+    if o.tiles or o.labels_flat or o.dsm_world_files or o.off_palette:
+        raise click.UsageError(
+            "--tiles, --labels-flat, --dsm-world-files and --off-palette need --layout"
+        )
+    scene = generate_scene(
+        o.kind or "isprs",
+        o.size,
+        o.seed,
+        bands=o.bands,
+        resolution=o.resolution,
+        crs=None if o.no_georef else (o.crs or "auto"),
+        aux=o.aux,
+    )
+    written = write_scene(
+        scene,
+        o.out,
+        aux_crs=o.aux_crs,
+        aux_resolution=o.aux_resolution,
+        aux_coverage=o.aux_coverage,
+        aux_nodata_border=o.aux_nodata_border,
+        overwrite=o.overwrite,
+    )
+    return scene, written
 
 
 def _write_custom(out: Path, *, refused: dict, count: int | None, dtype: str | None, **kw) -> None:

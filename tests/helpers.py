@@ -135,3 +135,26 @@ def skip_unless_required(reason: str, env_var: str) -> NoReturn:
     if os.environ.get(env_var) == "1":
         pytest.fail(f"{reason}; {env_var}=1 requires it")
     pytest.skip(reason)
+
+
+def save_dsm_checkpoint(path: Path, model: torch.nn.Module, patch_size: int) -> Path:
+    """Save ``model`` as an rsprompt checkpoint of ISPRS classes with a DSM (min–max scaled).
+
+    The tiny-model checkpoints of the predict tests; the caller registers the model's method.
+    """
+    import rsprompt.data.normalize as normalize
+    import rsprompt.engine.checkpoint as ckpt_mod
+    from rsprompt.data.labels import ISPRS_CLASSES
+
+    norm = normalize.Normalization(normalize.OpticalNormalizer(), normalize.DSMNormalizer("minmax"))
+    meta = ckpt_mod.model_meta(
+        model,
+        weights=None,
+        classes=ISPRS_CLASSES.names,
+        colors=ISPRS_CLASSES.colors,
+        normalization=norm,
+        aux_kind="dsm",
+        patch_size=patch_size,
+    )
+    ckpt_mod.save_model_checkpoint(path, model, meta)
+    return path

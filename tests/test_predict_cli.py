@@ -13,6 +13,7 @@ import pytest
 import rasterio
 import torch
 from click.testing import CliRunner
+from helpers import save_dsm_checkpoint
 from rasterio.warp import Resampling, reproject
 
 import rsprompt.data.normalize as normalize
@@ -50,19 +51,7 @@ def checkpoint(tmp_path_factory):
     with torch.no_grad():
         model.head.weight.mul_(4)
         model.head.weight[:, 3, 0, 0] = torch.linspace(-6, 6, 6)  # the DSM matters
-    norm = normalize.Normalization(normalize.OpticalNormalizer(), normalize.DSMNormalizer("minmax"))
-    meta = ckpt_mod.model_meta(
-        model,
-        weights=None,
-        classes=ISPRS_CLASSES.names,
-        colors=ISPRS_CLASSES.colors,
-        normalization=norm,
-        aux_kind="dsm",
-        patch_size=48,
-    )
-    path = tmp_path_factory.mktemp("ckpt") / "model.ckpt"
-    ckpt_mod.save_model_checkpoint(path, model, meta)
-    yield path
+    yield save_dsm_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.ckpt", model, 48)
     registry.METHOD_MODULES.pop(METHOD, None)
     registry._BUILDERS.pop(METHOD, None)
 

@@ -148,27 +148,59 @@ def test_sar_and_ndsm_normalisations_are_baked(tmp_path):
 
     # nDSM: a flat ground at 250 m with one 10 m block; ground cell 1 m = 5 px at 20 cm/px,
     # opening window 6 m: the block (4 m wide) is removed from the ground, so its height above
-    # ground is 10 m → 10 / 20 = 0.5, and 0 elsewhere.
+    # ground is 10 m → 10 / 20 = 0.5, and 0 elsewhere. --raw-dsm: the graph takes that DSM and
+    # estimates the ground on the tile; by default it takes the heights above ground themselves
+    # (0 m, the block 10 m, one pixel 30 m → clipped to 20 m → 1.0, one NaN → invalid).
     ndsm = N.DSMNormalizer("ndsm", cell_m=1.0, window_m=6.0, max_height_m=20.0)
     ckpt = save_tiny(tmp_path / "ndsm.ckpt", "dplnet", ndsm, dataset=None)
-    out = tmp_path / "ndsm.onnx"
-    res = run("export", ckpt, "-o", out, "--resolution", 20)
-    assert res.exit_code == 0, res.output
+    model, _ = ckpt_mod.load_model_checkpoint(ckpt)
     x = raw_window(1, seed=4)
-    x[0, 3] = 250.0
-    x[0, 3, 20:40, 30:50] = 260.0
+    image = (x[:, :3] / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
     aux = np.zeros((1, 1, WINDOW, WINDOW), np.float32)
     aux[0, 0, 20:40, 30:50] = 0.5
-    image = (x[:, :3] / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
-    model, _ = ckpt_mod.load_model_checkpoint(ckpt)
-    with torch.inference_mode():
-        logits = model(
-            torch.from_numpy(image.astype(np.float32)),
-            aux=torch.from_numpy(aux),
-            aux_valid=torch.ones(1, 1, WINDOW, WINDOW),
-        )
-    expected = torch.softmax(logits, 1).numpy()
-    assert np.abs(session(out).run(None, {"input": x})[0] - expected).max() <= 1e-4
+    valid = np.ones((1, 1, WINDOW, WINDOW), np.float32)
+
+    def expected() -> np.ndarray:
+        with torch.inference_mode():
+            logits = model(
+                torch.from_numpy(image.astype(np.float32)),
+                aux=torch.from_numpy(aux),
+                aux_valid=torch.from_numpy(valid),
+            )
+        return torch.softmax(logits, 1).numpy()
+
+    raw_dsm = tmp_path / "ndsm_raw.onnx"
+    res = run("export", ckpt, "-o", raw_dsm, "--resolution", 20, "--raw-dsm")
+    assert res.exit_code == 0, res.output
+    assert deepness_reads(raw_dsm)["all"]["rsprompt_aux_input"] == "raw"
+    x[0, 3] = 250.0
+    x[0, 3, 20:40, 30:50] = 260.0
+    assert np.abs(session(raw_dsm).run(None, {"input": x})[0] - expected()).max() <= 1e-4
+
+    heights = tmp_path / "ndsm.onnx"
+    res = run("export", ckpt, "-o", heights, "--resolution", 20)
+    assert res.exit_code == 0, res.output
+    assert "heights above ground" in res.output
+    assert deepness_reads(heights)["all"]["rsprompt_aux_input"] == "height_above_ground"
+    x[0, 3] = 0.0
+    x[0, 3, 20:40, 30:50] = 10.0
+    x[0, 3, 5, 5], aux[0, 0, 5, 5] = 30.0, 1.0
+    x[0, 3, 6, 6], aux[0, 0, 6, 6], valid[0, 0, 6, 6] = np.nan, 0.0, 0.0
+    assert np.abs(session(heights).run(None, {"input": x})[0] - expected()).max() <= 1e-4
+
+
+def test_ndsm_input_refusals(tmp_path):
+    """--ndsm fits only nDSM checkpoints with their DSM input; messages name the option."""
+    minmax = save_tiny(tmp_path / "mm.ckpt", "dplnet")
+    res = run("export", minmax, "-o", tmp_path / "a.onnx", "--ndsm", "--aux-range", 0, 1)
+    assert res.exit_code == 1 and "--ndsm" in res.output and "'minmax'" in res.output
+    ndsm = N.DSMNormalizer("ndsm", cell_m=1.0, window_m=6.0, max_height_m=20.0)
+    ckpt = save_tiny(tmp_path / "n.ckpt", "dplnet", ndsm, dataset=None)
+    res = run(
+        "export", ckpt, "-o", tmp_path / "b.onnx", "--ndsm", "--optical-only", "--resolution", 20
+    )
+    assert res.exit_code == 1 and "--optical-only" in res.output
+    assert not list(tmp_path.glob("*.onnx"))
 
 
 # --------------------------------------------------------------------------- Deepness metadata
@@ -422,6 +454,97 @@ def test_deepness_style_run_gives_the_classes_of_rsprompt_predict(tmp_path, scen
         heights = d.read(1, masked=True)
     fixed = deepness_reads(onnx_path)["all"]["rsprompt_aux_normalization"]["fixed_stats"]
     assert fixed == pytest.approx({"min": float(heights.min()), "max": float(heights.max())})
+    ours = deepness_run(vrt, onnx_path, WINDOW)
+    predicted = tmp_path / "map.tif"
+    CheckpointPredictor(ckpt).predict(
+        image, predicted, aux=dsm, aux_kind="dsm", window=WINDOW, overlap=0, progress=False
+    )
+    with rasterio.open(predicted) as p:
+        theirs = p.read(1)
+    assert ours.shape == theirs.shape
+    assert np.mean(ours == theirs) == 1.0
+
+
+NDSM = N.DSMNormalizer("ndsm", cell_m=1.0, window_m=6.0, max_height_m=20.0)
+
+
+def flat_scene(root: Path) -> tuple[Path, Path]:
+    """60×80 px at 0.2 m: flat ground at 250 m, a 2 m × 3 m block 20 m tall, 3 missing heights.
+
+    The ground of an nDSM with 1 m cells and a 6 m opening is 250 m everywhere (the block is
+    narrower than the opening), so its heights above ground are the DSM minus 250 m.
+    """
+    profile = {
+        "driver": "GTiff", "width": 80, "height": 60, "crs": "EPSG:32632",
+        "transform": from_origin(500000, 5000000, 0.2, 0.2),
+    }  # fmt: skip
+    image = np.random.default_rng(0).integers(0, 255, (3, 60, 80)).astype(np.uint8)
+    dsm = np.full((1, 60, 80), 250.0, np.float32)
+    dsm[0, 20:30, 40:55] = 270.0
+    dsm[0, 3, 4] = dsm[0, 50, 70] = -9999.0
+    dsm[0, 10, 10] = np.nan
+    paths = root / "flat.tif", root / "flat_dsm.tif"
+    with rasterio.open(paths[0], "w", count=3, dtype="uint8", **profile) as dst:
+        dst.write(image)
+    with rasterio.open(paths[1], "w", count=1, dtype="float32", nodata=-9999, **profile) as dst:
+        dst.write(dsm)
+    return paths
+
+
+def test_stack_ndsm_writes_heights_above_the_scene_ground(tmp_path):
+    """--ndsm (the default for an nDSM checkpoint): DSM − 250 m, NaN where no height."""
+    image, dsm = flat_scene(tmp_path)
+    with rasterio.open(dsm) as src:
+        heights = src.read(1, masked=True)
+    expected = np.where(heights.mask, np.nan, heights.filled(0) - 250.0)
+    ckpt = save_tiny(tmp_path / "n.ckpt", "dplnet", NDSM, dataset=None)
+    for args in (["-m", ckpt], ["--ndsm"]):  # the checkpoint's ground, or the default one
+        out = tmp_path / "stacked.vrt"
+        res = run("stack", image, "--dem", dsm, "-o", out, "--overwrite", *args)
+        assert res.exit_code == 0, res.output
+        assert "height-above-ground" in res.output
+        with rasterio.open(out) as v:
+            assert v.count == 4 and v.descriptions[3] == "height above ground (m)"
+            got = v.read(4)
+        assert ET.parse(out).findall(".//SourceFilename")[-1].text == "stacked_ndsm.tif"
+        assert np.array_equal(np.isnan(got), np.isnan(expected))
+        ok = ~np.isnan(expected)
+        np.testing.assert_allclose(got[ok], expected[ok], atol=1e-4)  # float32 interpolation
+        assert got[25, 45] == pytest.approx(20.0, abs=1e-4)
+    # --raw-dsm keeps the heights as they are, even for an nDSM checkpoint.
+    res = run("stack", image, "--dem", dsm, "-o", tmp_path / "raw.vrt", "-m", ckpt, "--raw-dsm")
+    assert res.exit_code == 0, res.output
+    with rasterio.open(tmp_path / "raw_dsm.tif") as r:
+        assert np.nanmax(r.read(1)) == 270.0
+
+
+def test_stack_ndsm_refusals(tmp_path):
+    image, dsm = flat_scene(tmp_path)
+    minmax = save_tiny(tmp_path / "m.ckpt", "dplnet")
+    res = run("stack", image, "--dem", dsm, "-o", tmp_path / "a.vrt", "-m", minmax, "--ndsm")
+    assert res.exit_code == 1 and "'minmax'" in res.output and "--ndsm" in res.output
+    res = run("stack", image, "--sar", dsm, "-o", tmp_path / "a.vrt", "--ndsm")
+    assert res.exit_code == 1 and "pass --dem" in res.output
+    res = run("stack", image, "-o", tmp_path / "a.vrt", "--ndsm")
+    assert res.exit_code == 1 and "pass --dem" in res.output
+    assert not list(tmp_path.glob("a*"))
+
+
+def test_deepness_style_run_with_an_ndsm_checkpoint_gives_the_classes_of_predict(tmp_path, scene):
+    """stack (heights above the scene's ground) → export (nDSM input) → Deepness == predict.
+
+    The scene has rolling terrain and 6 m ground openings on 64 px (12.8 m) tiles: a ground
+    estimated per tile would differ from predict's scene-wide ground; the stacked heights do not.
+    """
+    from rsprompt.inference.from_checkpoint import CheckpointPredictor
+
+    image, dsm = scene
+    ckpt = save_tiny(tmp_path / "n.ckpt", "dplnet", NDSM, dataset=None)
+    vrt = tmp_path / "stacked.vrt"
+    assert run("stack", image, "--dem", dsm, "-o", vrt, "-m", ckpt).exit_code == 0
+    onnx_path = tmp_path / "n.onnx"
+    res = run("export", ckpt, "-o", onnx_path, "--resolution", 20)
+    assert res.exit_code == 0, res.output
     ours = deepness_run(vrt, onnx_path, WINDOW)
     predicted = tmp_path / "map.tif"
     CheckpointPredictor(ckpt).predict(

@@ -55,6 +55,13 @@ import click
     is_flag=True,
     help="Leave the aux input out: the model runs with its DSM/SAR missing (3-band runners).",
 )
+@click.option(
+    "--ndsm/--raw-dsm",
+    default=None,
+    help="The DSM input holds heights above ground (the layer of `rsprompt stack --ndsm`), or "
+    "the raw DSM with the ground estimated per tile in the graph [default: heights above ground "
+    "exactly for a checkpoint trained on an nDSM].",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 def export(
     checkpoint: Path,
@@ -67,12 +74,14 @@ def export(
     classes: str | None,
     weights: str | None,
     optical_only: bool,
+    ndsm: bool | None,
     overwrite: bool,
 ) -> None:
     """Export CHECKPOINT (model.ckpt) to an ONNX model for QGIS's Deepness plugin.
 
     The graph takes the raw stacked layer (`rsprompt stack`: the checkpoint's optical bands, then
-    the DSM/SAR band) and returns softmax probabilities; rsprompt's normalisation is inside it.
+    the DSM/SAR band; heights above ground for a checkpoint trained on an nDSM) and returns
+    softmax probabilities; rsprompt's normalisation is inside it.
     The file is checked with onnxruntime against the torch model before it is written.
     """
     from rsprompt.export.common import ExportError
@@ -91,6 +100,7 @@ def export(
             classes=names,
             weights=weights,
             optical_only=optical_only,
+            ndsm=ndsm,
             overwrite=overwrite,
         )
     except ExportError as exc:
@@ -100,6 +110,8 @@ def export(
         if s.aux_stats is None
         else (f"; DSM min–max fixed to {s.aux_stats['min']:g}–{s.aux_stats['max']:g}")
     )
+    if s.aux_input == "height_above_ground":
+        stats = "; DSM input: heights above ground (stack the scene with `rsprompt stack --ndsm`)"
     click.echo(
         f"wrote {s.path}: input N×{s.channels}×{s.window}×{s.window} (raw values), "
         f"{len(s.classes)} classes, {s.resolution_cm:g} cm/px{stats}; onnxruntime matches torch "

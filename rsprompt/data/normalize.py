@@ -541,6 +541,9 @@ class DSMNormalizer(AuxNormalizer):
             ValueError: If the statistics the mode needs are missing.
         """
         x = _as_chw(values)
+        if self.mode == "ndsm":
+            height, ok = self.height_above_ground(x, stats, valid, offset)
+            return _finish(self.scale_height(height), ok)
         ok = _validity_1hw(_valid_of(x, valid, self.nodata))
         safe = _where(ok, x, 0.0)
         if self.mode == "minmax":
@@ -548,25 +551,58 @@ class DSMNormalizer(AuxNormalizer):
                 raise ValueError("DSM min–max normalisation needs stats from fit() (min, max)")
             lo, hi = float(stats["min"]), float(stats["max"])
             out = (safe - lo) / (hi - lo) if hi > lo else safe * 0.0
-        elif self.mode == "global":
-            out = (safe - self.mean) / self.std
         else:
-            if not stats or "ground" not in stats:
-                raise ValueError("nDSM normalisation needs stats from fit() (ground grid)")
-            grid = np.asarray(stats["ground"], np.float32)
-            cell = int(stats["cell"])
-            h, w = x.shape[-2:]
-            r0, r1, wr = _interp_axis(h, offset[0], cell, grid.shape[0])
-            c0, c1, wc = _interp_axis(w, offset[1], cell, grid.shape[1])
-            top = grid[r0][:, c0] * (1 - wc) + grid[r0][:, c1] * wc
-            bot = grid[r1][:, c0] * (1 - wc) + grid[r1][:, c1] * wc
-            ground = (top * (1 - wr[:, None]) + bot * wr[:, None])[None]
-            if _is_torch(safe):
-                ground_t = torch.as_tensor(ground, device=safe.device)
-                out = torch.clamp(safe - ground_t, 0, self.max_height_m) / self.max_height_m
-            else:
-                out = np.clip(safe - ground, 0, self.max_height_m) / self.max_height_m
+            out = (safe - self.mean) / self.std
         return _finish(out, ok)
+
+    def height_above_ground(
+        self,
+        values: Array,
+        stats: dict[str, Any] | None,
+        valid: Array | None = None,
+        offset: tuple[int, int] = (0, 0),
+    ) -> tuple[Array, Array]:
+        """Height above the fitted ground in metres (``ndsm``), before clipping and scaling.
+
+        ``apply`` in ``ndsm`` mode is ``scale_height`` of this. The ground at a pixel depends
+        only on the pixel's position in the fitted scene (``offset`` + its place in the window),
+        so any window of the scene gives the same heights.
+
+        Args:
+            values: Raw DSM window, ``H×W`` or ``C×H×W``.
+            stats: ``fit`` output on the scene (``ground`` grid and its ``cell`` in pixels).
+            valid: Optional validity mask (nonzero = valid) besides NaN/nodata.
+            offset: ``(row, col)`` of the window's top-left pixel in the fitted scene.
+
+        Returns:
+            ``(height, valid)``: float32 ``C×H×W`` (a pixel that is not valid holds ``-ground``)
+            and bool ``1×H×W``.
+
+        Raises:
+            ValueError: Without a ground grid in ``stats``.
+        """
+        if not stats or "ground" not in stats:
+            raise ValueError("nDSM normalisation needs stats from fit() (ground grid)")
+        x = _as_chw(values)
+        ok = _validity_1hw(_valid_of(x, valid, self.nodata))
+        safe = _where(ok, x, 0.0)
+        grid = np.asarray(stats["ground"], np.float32)
+        cell = int(stats["cell"])
+        h, w = x.shape[-2:]
+        r0, r1, wr = _interp_axis(h, offset[0], cell, grid.shape[0])
+        c0, c1, wc = _interp_axis(w, offset[1], cell, grid.shape[1])
+        top = grid[r0][:, c0] * (1 - wc) + grid[r0][:, c1] * wc
+        bot = grid[r1][:, c0] * (1 - wc) + grid[r1][:, c1] * wc
+        ground = (top * (1 - wr[:, None]) + bot * wr[:, None])[None]
+        if _is_torch(safe):
+            return safe - torch.as_tensor(ground, device=safe.device), ok
+        return safe - ground, ok
+
+    def scale_height(self, height: Array) -> Array:
+        """Heights above ground clipped to ``[0, max_height_m]`` and divided by ``max_height_m``."""
+        if _is_torch(height):
+            return torch.clamp(height, 0, self.max_height_m) / self.max_height_m
+        return np.clip(height, 0, self.max_height_m) / self.max_height_m
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DSMNormalizer:

@@ -98,6 +98,52 @@ def input_layout(meta: dict[str, Any], source: str | Path = "checkpoint") -> Inp
     return InputLayout(bands, n, aux_kind, aux_channels if aux_kind else 0)
 
 
+def aux_normalizer(meta: dict[str, Any], source: str | Path = "checkpoint") -> Any:
+    """The aux normaliser of a checkpoint's ``meta`` (``None``: none recorded).
+
+    Raises:
+        ExportError: If the normalisation record is unreadable.
+    """
+    from rsprompt.data.normalize import Normalization
+
+    record = meta.get("normalization")
+    if record is None:
+        return None
+    try:
+        return Normalization.from_dict(record).aux
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ExportError(f"checkpoint {source}: unreadable normalisation record ({exc})") from None
+
+
+def is_ndsm(aux: Any) -> bool:
+    """Whether ``aux`` is a DSM normaliser in ``ndsm`` mode (heights above a fitted ground)."""
+    return getattr(aux, "kind", None) == "dsm" and getattr(aux, "mode", None) == "ndsm"
+
+
+def ndsm_input(aux: Any, requested: bool | None, source: str | Path, option: str) -> bool:
+    """Whether the aux layer holds heights above ground (``rsprompt stack``/``export --ndsm``).
+
+    Default (``requested`` is ``None``): yes exactly for a checkpoint whose DSM normalisation
+    is ``ndsm``. ``True`` for any other checkpoint is refused; ``False`` keeps the raw DSM.
+
+    Raises:
+        ExportError: ``--ndsm`` for a checkpoint that does not normalise its DSM as an nDSM.
+    """
+    if requested is None:
+        return is_ndsm(aux)
+    if requested and not is_ndsm(aux):
+        what = (
+            "takes no DSM normalisation"
+            if aux is None
+            else f"normalises its {str(aux.kind).upper()} with mode {aux.mode!r}"
+        )
+        raise ExportError(
+            f"checkpoint {source} {what}: {option} (heights above ground) fits only checkpoints "
+            "trained with the nDSM normalisation (DSM mode 'ndsm')"
+        )
+    return bool(requested)
+
+
 def training_resolution_cm(meta: dict[str, Any]) -> float | None:
     """Ground sampling distance of the training data in cm/px, where the checkpoint tells it.
 

@@ -12,7 +12,9 @@ reading a window and the model runs inside the graph, with the same arithmetic a
 - aux: a pixel is valid where every aux band is finite (and differs from the normaliser's own
   nodata value); invalid pixels are 0 in the normalised space and 0 in the validity mask given to
   the model. DSM ``minmax`` uses *fixed* statistics (the export's ``--aux-stats``/``--aux-range``)
-  instead of the per-scene ones; DSM ``ndsm`` estimates the ground per input tile with the same
+  instead of the per-scene ones; DSM ``ndsm`` takes heights above ground (``height_input``: the
+  layer ``rsprompt stack --ndsm`` writes, with the scene-wide ground of ``rsprompt predict``) and
+  only clips and scales them, or else estimates the ground per input tile with the same
   algorithm as :func:`rsprompt.data.normalize.ground_estimate`; ``global`` and every SAR mode need
   no statistics; a checkpoint without an aux normaliser takes the raw aux (0 where invalid);
 - output: ``softmax`` over the classes of whatever the model returns in eval mode (logits; RPN's
@@ -143,8 +145,11 @@ class AuxStep(nn.Module):
     Args:
         norm: The checkpoint's aux normaliser (``None``: the raw aux, 0 where invalid).
         stats: Fixed ``{"min", "max"}`` for a DSM ``minmax`` normaliser.
-        size: Tile size ``(H, W)`` (DSM ``ndsm``).
-        res: Tile pixel size in metres (DSM ``ndsm``).
+        size: Tile size ``(H, W)`` (DSM ``ndsm`` on raw heights).
+        res: Tile pixel size in metres (DSM ``ndsm`` on raw heights).
+        height_input: DSM ``ndsm`` only: the input holds heights above ground in metres (NaN =
+            no data), which are clipped and scaled; no ground is estimated in the graph and
+            the normaliser's raw nodata value does not apply (0 m is a valid height).
     """
 
     def __init__(
@@ -153,11 +158,15 @@ class AuxStep(nn.Module):
         stats: dict[str, float] | None = None,
         size: tuple[int, int] | None = None,
         res: float | None = None,
+        height_input: bool = False,
     ) -> None:
         super().__init__()
         self.norm = norm
         self.kind = None if norm is None else f"{norm.kind}:{norm.mode}"
-        nodata = getattr(norm, "nodata", None)
+        if height_input and self.kind != "dsm:ndsm":
+            raise ValueError(f"heights above ground fit a DSM ndsm normaliser, not {self.kind}")
+        self.height_input = bool(height_input)
+        nodata = None if height_input else getattr(norm, "nodata", None)
         self.nodata = float(nodata) if nodata is not None and math.isfinite(nodata) else None
         self.lo = self.hi = 0.0
         if self.kind == "dsm:minmax":
@@ -165,7 +174,7 @@ class AuxStep(nn.Module):
                 raise ValueError("a DSM min–max normalisation needs fixed statistics (min, max)")
             self.lo, self.hi = float(stats["min"]), float(stats["max"])
         self.ground = None
-        if self.kind == "dsm:ndsm":
+        if self.kind == "dsm:ndsm" and not height_input:
             assert isinstance(norm, DSMNormalizer) and size is not None and res is not None
             self.ground = GroundStep(size, res, norm.cell_m, norm.window_m)
 
@@ -189,9 +198,11 @@ class AuxStep(nn.Module):
         elif self.kind == "dsm:global":
             out = (safe - norm.mean) / norm.std
         elif self.kind == "dsm:ndsm":
-            assert self.ground is not None and isinstance(norm, DSMNormalizer)
-            ground = self.ground(torch.where(ok, a[:, :1], torch.full_like(a[:, :1], math.inf)))
-            out = torch.clamp(safe - ground, 0.0, norm.max_height_m) / norm.max_height_m
+            assert isinstance(norm, DSMNormalizer)
+            if self.ground is not None:
+                inf = torch.full_like(a[:, :1], math.inf)
+                safe = safe - self.ground(torch.where(ok, a[:, :1], inf))
+            out = torch.clamp(safe, 0.0, norm.max_height_m) / norm.max_height_m
         elif self.kind == "sar:uint8":
             out = safe / 255.0
         else:
@@ -216,8 +227,10 @@ class RawInputModel(nn.Module):
         n_optical: Optical channels ``C``.
         aux_channels: Aux channels ``A`` (0: optical only).
         aux_stats: Fixed min/max of a DSM ``minmax`` normaliser.
-        size: Tile size ``(H, W)`` (DSM ``ndsm``).
-        res: Tile pixel size in metres (DSM ``ndsm``).
+        size: Tile size ``(H, W)`` (DSM ``ndsm`` on raw heights).
+        res: Tile pixel size in metres (DSM ``ndsm`` on raw heights).
+        height_input: The aux input holds heights above ground (DSM ``ndsm``; see
+            :class:`AuxStep`).
     """
 
     def __init__(
@@ -231,13 +244,14 @@ class RawInputModel(nn.Module):
         aux_stats: dict[str, float] | None = None,
         size: tuple[int, int] | None = None,
         res: float | None = None,
+        height_input: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
         self.n_optical = int(n_optical)
         self.aux_channels = int(aux_channels)
         self.optical = OpticalStep(optical, self.n_optical)
-        self.aux = AuxStep(aux, aux_stats, size, res) if self.aux_channels else None
+        self.aux = AuxStep(aux, aux_stats, size, res, height_input) if self.aux_channels else None
 
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102
         image = self.optical(x[:, : self.n_optical])

@@ -20,10 +20,13 @@ Deepness tile without seams between tiles:
   wider than one training tile's compresses the heights the model sees, as ``rsprompt predict``'s
   scene-wide min–max does; a narrower one clips nothing but maps heights outside it beyond
   [0, 1].
-- DSM ``ndsm`` estimates the ground inside each input tile (the same algorithm, on the tile's
-  pixels at the exported resolution). Away from a tile's borders by the ground window this equals
-  the scene-wide estimate of ``rsprompt predict`` on flat-to-rolling terrain; near the borders the
-  ground of a large building may come out too high.
+- DSM ``ndsm`` (heights above a ground fitted over the whole scene) takes, by default, the
+  heights above ground themselves as its aux input (``ndsm``: the band ``rsprompt stack --ndsm``
+  writes with the ground ``rsprompt predict`` fits); the graph only clips and scales them, so
+  each tile gets exactly predict's values. With ``ndsm=False`` it takes the raw DSM and
+  estimates the ground inside each input tile (the same algorithm, on the tile's pixels at the
+  exported resolution): away from a tile's borders by the ground window this approaches the
+  scene-wide estimate; near them the ground of a large building may come out too high.
 
 Right after writing, the file is run with onnxruntime on a random window and compared with the
 checkpoint's torch model behind rsprompt's own (numpy) normalisation: the largest absolute
@@ -58,6 +61,7 @@ from rsprompt.export.common import (
     InputLayout,
     check_output,
     input_layout,
+    ndsm_input,
     require_onnx,
     temp_path,
     training_resolution_cm,
@@ -85,6 +89,8 @@ class ExportSummary:
         aux_stats: Fixed aux statistics baked into the graph (``None``: none needed).
         max_abs_diff: Largest absolute difference onnxruntime vs torch on the check window.
         metadata: The metadata written (keys → JSON strings).
+        aux_input: What the aux input holds: ``"raw"`` values, ``"height_above_ground"``
+            (metres; an nDSM checkpoint's default) or ``None`` (no aux input).
     """
 
     path: Path
@@ -95,6 +101,7 @@ class ExportSummary:
     aux_stats: dict[str, float] | None
     max_abs_diff: float
     metadata: dict[str, str] = field(default_factory=dict)
+    aux_input: str | None = None
 
 
 # --------------------------------------------------------------------------- statistics
@@ -195,6 +202,22 @@ def _fixed_stats(
     return stats
 
 
+def _aux_input(aux_norm: Any, layout: InputLayout, ndsm: bool | None, source: Path) -> str | None:
+    """What the graph's aux input holds: ``"height_above_ground"``, ``"raw"`` or ``None``.
+
+    Raises:
+        ExportError: ``ndsm`` without an aux input, or for a checkpoint not trained on an nDSM.
+    """
+    if not layout.aux_channels:
+        if ndsm:
+            raise ExportError(
+                f"--ndsm needs the DSM input, but checkpoint {source} is exported without an aux "
+                "input (--optical-only, or a model trained on optical imagery only)"
+            )
+        return None
+    return "height_above_ground" if ndsm_input(aux_norm, ndsm, source, "--ndsm") else "raw"
+
+
 # --------------------------------------------------------------------------- sample windows
 def sample_window(
     norm: Any,
@@ -205,11 +228,13 @@ def sample_window(
     aux_stats: dict[str, float] | None = None,
     invalid: int = 3,
     seed: int = 0,
+    height_input: bool = False,
 ) -> np.ndarray:
     """A random raw ``batch×(C+A)×window×window`` float32 input in the checkpoint's value range.
 
     Optical values cover the range its normalisation expects; aux values the range of its
-    normaliser; ``invalid`` aux pixels of every sample are NaN (no data).
+    normaliser (heights above ground from below 0 to above the clip with ``height_input``);
+    ``invalid`` aux pixels of every sample are NaN (no data).
     """
     assert layout.n_optical is not None
     rng = np.random.default_rng(seed)
@@ -239,7 +264,7 @@ def sample_window(
     elif mode == "dsm:global":
         a = aux.mean + aux.std * (4 * a - 2)
     elif mode == "dsm:ndsm":
-        a = 250.0 + 1.25 * aux.max_height_m * a
+        a = (1.5 * a - 0.25 + (0.0 if height_input else 250.0)) * aux.max_height_m
     elif mode == "sar:uint8":
         a = 255.0 * a
     elif mode in ("sar:db", "sar:linear"):
@@ -263,13 +288,15 @@ def reference_probabilities(
     *,
     aux_stats: dict[str, float] | None = None,
     res_m: float | None = None,
+    height_input: bool = False,
 ) -> np.ndarray:
     """Probabilities of the torch model behind rsprompt's numpy normalisers (the check's truth).
 
     Each sample is normalised as ``rsprompt predict`` normalises a window
     (:class:`rsprompt.inference.from_checkpoint.CheckpointNormalizer`): non-finite optical values
     read as 0, the aux is 0 with validity 0 where any aux band is not finite, a DSM ``minmax``
-    takes ``aux_stats`` and a DSM ``ndsm`` fits its ground on the sample itself.
+    takes ``aux_stats`` and a DSM ``ndsm`` fits its ground on the sample itself, or with
+    ``height_input`` takes the sample as heights above ground (:meth:`DSMNormalizer.scale_height`).
     """
     c = int(layout.n_optical or 0)
     optical = dataclasses.replace(norm.optical, bands=None)
@@ -284,6 +311,10 @@ def reference_probabilities(
         a = np.where(ok[None], raw, np.float32(0.0)).astype(np.float32)
         if norm.aux is None:
             auxes.append(a)
+            valids.append(ok.astype(np.float32)[None])
+            continue
+        if height_input:
+            auxes.append(np.where(ok[None], norm.aux.scale_height(a), np.float32(0.0)))
             valids.append(ok.astype(np.float32)[None])
             continue
         stats = aux_stats
@@ -318,6 +349,7 @@ def deepness_metadata(
     layout: InputLayout,
     aux_normalization: dict[str, Any] | None,
     checkpoint_sha256: str,
+    aux_input: str | None = None,
 ) -> dict[str, str]:
     """The ONNX metadata: Deepness's keys and rsprompt's own (``rsprompt_…``), JSON-encoded.
 
@@ -351,7 +383,13 @@ def deepness_metadata(
         "rsprompt_aux_kind": layout.aux_kind,
         "rsprompt_aux_channels": layout.aux_channels,
         "rsprompt_aux_normalization": aux_normalization,
-        "rsprompt_input": "raw values: optical bands, then aux bands (NaN = no data)",
+        "rsprompt_aux_input": aux_input,
+        "rsprompt_input": (
+            "raw optical bands, then the DSM as heights above ground in metres, NaN = no data "
+            "(rsprompt stack --ndsm)"
+            if aux_input == "height_above_ground"
+            else "raw values: optical bands, then aux bands (NaN = no data)"
+        ),
         "rsprompt_output": "softmax probabilities",
     }
     return {k: json.dumps(v) for k, v in values.items()}
@@ -605,6 +643,7 @@ def _raw_input_model(
     win: int,
     res_cm: float,
     source: Path,
+    heights: bool = False,
 ) -> tuple[RawInputModel, torch.Tensor]:
     """The graph to trace and its example input, after a dry run on one ``win×win`` window."""
     meta, norm = predictor.meta, predictor.normalization
@@ -617,8 +656,11 @@ def _raw_input_model(
         aux_stats=stats,
         size=(win, win),
         res=res_cm / 100.0,
+        height_input=heights,
     ).eval()
-    example = torch.from_numpy(sample_window(norm, layout, win, batch=1, aux_stats=stats))
+    example = torch.from_numpy(
+        sample_window(norm, layout, win, batch=1, aux_stats=stats, height_input=heights)
+    )
     try:
         with torch.no_grad():
             net(example)
@@ -637,6 +679,7 @@ def _export_metadata(
     win: int,
     res_cm: float,
     source: Path,
+    aux_input: str | None = None,
 ) -> dict[str, str]:
     """The metadata of the export (:func:`deepness_metadata` with the checkpoint's values)."""
     from rsprompt.models.weights import sha256_file
@@ -656,6 +699,7 @@ def _export_metadata(
         layout=layout,
         aux_normalization=aux_record,
         checkpoint_sha256=sha256_file(source),
+        aux_input=aux_input,
     )
 
 
@@ -677,6 +721,7 @@ def _write_checked(
     tolerance: float,
     source: Path,
     out: Path,
+    heights: bool = False,
 ) -> float:
     """Trace to a temporary file, finish and verify it, then move it to ``out`` atomically.
 
@@ -698,9 +743,17 @@ def _write_checked(
             _finish_graph(tmp, metadata, len(predictor.classes.names), win)
         except Exception as exc:  # onnx raises its own types (e.g. a model over 2 GB)
             raise ExportError(f"cannot finish the ONNX file {out}: {_first_line(exc)}") from None
-        check = sample_window(norm, layout, win, batch=2, aux_stats=stats, seed=1)
+        check = sample_window(
+            norm, layout, win, batch=2, aux_stats=stats, seed=1, height_input=heights
+        )
         expected = reference_probabilities(
-            predictor.model, norm, layout, check, aux_stats=stats, res_m=res_cm / 100.0
+            predictor.model,
+            norm,
+            layout,
+            check,
+            aux_stats=stats,
+            res_m=res_cm / 100.0,
+            height_input=heights,
         )
         diff = _verify(tmp, expected, check, tolerance)
         os.replace(tmp, out)
@@ -722,6 +775,7 @@ def export_onnx(
     classes: Sequence[str] | None = None,
     weights: str | None = None,
     optical_only: bool = False,
+    ndsm: bool | None = None,
     overwrite: bool = False,
     tolerance: float = TOLERANCE,
 ) -> ExportSummary:
@@ -741,6 +795,9 @@ def export_onnx(
         optical_only: Export an optical + aux model without its aux input (the model runs with
             the aux missing everywhere, as ``rsprompt predict`` without ``--dem``): a
             3-band graph for runners that take RGB only (GeoDeep).
+        ndsm: The aux input holds heights above ground in metres (``rsprompt stack --ndsm``)
+            instead of the raw DSM. Default: exactly for a checkpoint whose DSM normalisation is
+            ``ndsm``; ``False`` makes the graph estimate the ground per tile from the raw DSM.
         overwrite: Replace an existing ``out``.
         tolerance: Largest absolute difference of the probabilities onnxruntime vs torch.
 
@@ -760,9 +817,11 @@ def export_onnx(
     stats = _fixed_stats(
         norm.aux if layout.aux_channels else None, layout, aux_stats, aux_range, source
     )
+    aux_input = _aux_input(norm.aux, layout, ndsm, source)
+    heights = aux_input == "height_above_ground"
     _prepare(predictor, win, source)
-    graph = _raw_input_model(predictor, layout, stats, win, res_cm, source)
-    metadata = _export_metadata(predictor, layout, stats, win, res_cm, source)
+    graph = _raw_input_model(predictor, layout, stats, win, res_cm, source, heights)
+    metadata = _export_metadata(predictor, layout, stats, win, res_cm, source, aux_input)
     diff = _write_checked(
         predictor,
         layout,
@@ -775,6 +834,7 @@ def export_onnx(
         tolerance=tolerance,
         source=source,
         out=out,
+        heights=heights,
     )
     return ExportSummary(
         path=out,
@@ -785,4 +845,5 @@ def export_onnx(
         aux_stats=stats,
         max_abs_diff=diff,
         metadata=metadata,
+        aux_input=aux_input,
     )

@@ -18,8 +18,12 @@ with :class:`~rsprompt.export.onnx_runtime.OnnxModel` in place of the torch mode
 **Fixed aux statistics.** A DSM min–max is baked into the graph with the statistics given at
 export (``--aux-stats``/``--aux-range``); this backend does *not* run the scene-wide statistics
 pass of the torch backend. The map equals the torch backend's when the export's statistics are
-those of the scene (``--aux-stats`` on the scene's DSM or stacked layer). An nDSM ground is
-estimated per window inside the graph (see :mod:`rsprompt.export.graph`), not over the scene.
+those of the scene (``--aux-stats`` on the scene's DSM or stacked layer).
+
+**nDSM.** A file exported for heights above ground (the default for an nDSM checkpoint) is fed
+the DSM minus the ground fitted once over the scene, as the torch backend fits it
+(:class:`~rsprompt.inference.ground.HeightAboveGround`): the two backends see the same heights.
+A file exported with ``--raw-dsm`` estimates the ground per window inside the graph instead.
 
 Example:
     >>> from rsprompt.export import predict_onnx  # doctest: +SKIP
@@ -217,6 +221,27 @@ class OnnxPredictor:
             )
         return size, int(default_overlap(self.model, size) if overlap is None else overlap)
 
+    def _heights(self, scene: str | Path) -> Any:
+        """The scene-wide heights above ground a ``height_above_ground`` input takes, or ``None``.
+
+        Raises:
+            PredictError: An unreadable normalisation record, or a scene without metric pixels.
+        """
+        if self.model.aux_input != "height_above_ground":
+            return None
+        from rsprompt.data.normalize import DSMNormalizer
+        from rsprompt.inference.ground import HeightAboveGround, ground_pixel_size
+
+        record = dict(self.model.metadata.get("rsprompt_aux_normalization") or {})
+        record.pop("fixed_stats", None)
+        try:
+            aux = DSMNormalizer.from_dict(record)
+            return HeightAboveGround(aux, ground_pixel_size(Path(scene)))
+        except (TypeError, ValueError) as exc:
+            raise PredictError(
+                f"ONNX model {self.path}: unreadable nDSM normalisation record ({exc})"
+            ) from None
+
     # ------------------------------------------------------------------ predict
     def predict(
         self,
@@ -244,6 +269,7 @@ class OnnxPredictor:
         numeric = onnx_precision(precision)
         args = self._scene_args(aux, aux_kind)
         win, ov = self.window_and_overlap(window, overlap)
+        normalize = self._heights(scene) if aux is not None else None
         if aux is not None and self.aux_bands is not None:
             aux = AuxSource(aux, bands=self.aux_bands)
         # The windows stay on the host: onnxruntime takes numpy arrays, and its CUDA provider
@@ -254,7 +280,7 @@ class OnnxPredictor:
             out_path,
             classes=self.classes,
             aux=aux,
-            normalize=None,
+            normalize=normalize,
             window=win,
             overlap=ov,
             device="cpu",

@@ -101,6 +101,9 @@ class OnnxModel:
         n_optical: Optical channels.
         aux_channels: Aux channels.
         aux_kind: ``"dsm"``, ``"sar"`` or ``None``.
+        aux_input: ``"height_above_ground"`` when the aux input holds metres above the ground
+            (an nDSM checkpoint's export; see :mod:`rsprompt.inference.ground`), else
+            ``"raw"`` (``None`` without an aux input).
         bands: 1-based scene bands of the optical input (``None``: every band).
         classes: Class names; ``num_classes`` their count.
         colors: RGB colour per class.
@@ -149,6 +152,7 @@ class OnnxModel:
         self.aux_channels = int(m.get("rsprompt_aux_channels") or 0)
         self.n_optical = self.channels - self.aux_channels
         self.aux_kind = m.get("rsprompt_aux_kind")
+        self.aux_input = m.get("rsprompt_aux_input") or ("raw" if self.aux_channels else None)
         self.bands = m.get("rsprompt_bands")
         self.classes = list(m["rsprompt_classes"])
         self.colors = [tuple(c) for c in m.get("rsprompt_colors") or []]

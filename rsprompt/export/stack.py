@@ -14,8 +14,15 @@
   then the aligned aux band(s). Paths inside are relative to the VRT, so the two files and the
   scene can move together.
 
+**Heights above ground** (``--ndsm``; the default with a checkpoint trained on an nDSM): the aux
+band holds the DSM minus the ground that ``rsprompt predict`` fits once over the whole scene
+(:mod:`rsprompt.inference.ground`), in metres, unclipped, NaN where there is no height; the file
+is ``stacked_ndsm.tif``. A model exported for it (``rsprompt export``, the same default) only
+clips and scales these heights, so every tile of the layer gives the model exactly the values
+predict gives it: no ground is estimated per tile.
+
 This is the layer to select in QGIS's Deepness plugin for a model exported with
-``rsprompt export`` (its input is exactly these bands, raw), and a single file for any other tool.
+``rsprompt export`` (its input is exactly these bands), and a single file for any other tool.
 The scene's nodata value is set on the optical bands; a scene's internal mask is not carried over.
 
 Example:
@@ -31,6 +38,7 @@ import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -38,8 +46,10 @@ from rsprompt.export.common import (
     ExportError,
     InputLayout,
     atomic_outputs,
+    aux_normalizer,
     check_output,
     input_layout,
+    ndsm_input,
 )
 
 #: Rows of the scene aligned and written at a time.
@@ -58,6 +68,7 @@ class StackSummary:
         aux_channels: Aux bands in the VRT (after the optical ones).
         width: Columns (the scene's).
         height: Rows (the scene's).
+        ndsm: Whether the aux band holds heights above ground (metres) instead of the DSM.
     """
 
     vrt: Path
@@ -66,12 +77,15 @@ class StackSummary:
     aux_channels: int
     width: int
     height: int
+    ndsm: bool = False
 
 
-def _layout(checkpoint: str | Path | None, aux: Path | None, aux_kind: str | None) -> InputLayout:
-    """The checkpoint's input layout (or every band and the aux as given), checked."""
+def _layout(
+    checkpoint: str | Path | None, aux: Path | None, aux_kind: str | None
+) -> tuple[InputLayout, Any]:
+    """The checkpoint's input layout and aux normaliser (or every band and the aux as given)."""
     if checkpoint is None:
-        return InputLayout(None, None, aux_kind if aux is not None else None, 0)
+        return InputLayout(None, None, aux_kind if aux is not None else None, 0), None
     from rsprompt.engine.checkpoint import CheckpointError, read_model_checkpoint
 
     try:
@@ -95,11 +109,44 @@ def _layout(checkpoint: str | Path | None, aux: Path | None, aux_kind: str | Non
             f"modality; {aux} was given as {aux_kind.upper()} (use "
             f"{FLAGS.get(str(layout.aux_kind), '--dem/--sar')})"
         )
-    return layout
+    return layout, aux_normalizer(meta, checkpoint)
 
 
-def _write_aux(reader: object, path: Path) -> int:
-    """Write the aux aligned onto the scene's grid (float32, NaN = no data); return its bands."""
+def _ndsm_normalizer(
+    checkpoint: str | Path | None,
+    aux_norm: Any,
+    aux: Path | None,
+    kind: str | None,
+    ndsm: bool | None,
+) -> Any:
+    """The ``ndsm`` DSM normaliser whose ground the aux band is taken above, or ``None``.
+
+    With a checkpoint: its normaliser when it is an nDSM (unless ``ndsm`` is ``False``);
+    without one: the default nDSM normaliser when ``ndsm`` is ``True``.
+
+    Raises:
+        ExportError: ``ndsm`` without a DSM, or for a checkpoint not trained on an nDSM.
+    """
+    from rsprompt.data.normalize import DSMNormalizer
+
+    if ndsm and (aux is None or kind not in (None, "dsm")):
+        given = "no aux raster" if aux is None else f"{aux} as {str(kind).upper()}"
+        raise ExportError(
+            f"--ndsm takes the heights of a DSM above ground: pass --dem FILE ({given})"
+        )
+    if aux is None:
+        return None
+    if checkpoint is None:
+        return DSMNormalizer("ndsm") if ndsm else None
+    return aux_norm if ndsm_input(aux_norm, ndsm, checkpoint, "--ndsm") else None
+
+
+def _write_aux(reader: object, path: Path, heights: Any = None) -> int:
+    """Write the aux aligned onto the scene's grid (float32, NaN = no data); return its bands.
+
+    ``heights``: a fitted :class:`~rsprompt.inference.ground.HeightAboveGround`; the band then
+    holds metres above its ground.
+    """
     import rasterio
 
     from rsprompt.inference.reader import SceneReader
@@ -128,6 +175,8 @@ def _write_aux(reader: object, path: Path) -> int:
             h = min(STRIP_ROWS, reader.height - row)
             win = Window(row, 0, h, reader.width)
             aux, valid = reader.read_aux(win)
+            if heights is not None:
+                aux, valid = heights.heights(aux, valid, (row, 0))
             aux = aux.astype(np.float32, copy=True)
             aux[:, ~valid] = np.nan
             dst.write(aux, window=((row, row + h), (0, reader.width)))
@@ -156,6 +205,7 @@ def _vrt_text(
     aux_count: int,
     aux_kind: str | None,
     vrt_dir: Path,
+    ndsm: bool = False,
 ) -> str:
     """The stacked VRT's XML."""
     from rasterio.dtypes import _gdal_typename
@@ -177,7 +227,8 @@ def _vrt_text(
     for a in range(1, aux_count + 1):
         n += 1
         band = ET.SubElement(root, "VRTRasterBand", dataType="Float32", band=str(n))
-        ET.SubElement(band, "Description").text = f"{aux_kind or 'aux'} band {a}"
+        name = "height above ground (m)" if ndsm else f"{aux_kind or 'aux'} band {a}"
+        ET.SubElement(band, "Description").text = name
         ET.SubElement(band, "NoDataValue").text = "nan"
         assert aux_path is not None
         _source(band, aux_path, a, vrt_dir)
@@ -192,22 +243,27 @@ def stack_scene(
     aux: str | Path | None = None,
     aux_kind: str | None = None,
     checkpoint: str | Path | None = None,
+    ndsm: bool | None = None,
     overwrite: bool = False,
 ) -> StackSummary:
     """Write the stacked VRT of ``scene`` and its aux raster (see the module doc).
 
     Args:
         scene: Optical scene (defines the grid).
-        out: The VRT to write; the aligned aux goes to ``<stem>_<dsm|sar>.tif`` beside it.
+        out: The VRT to write; the aligned aux goes to ``<stem>_<dsm|sar|ndsm>.tif`` beside it.
         aux: DSM or SAR raster (any CRS, resolution or extent overlapping the scene).
         aux_kind: ``"dsm"`` or ``"sar"`` (checked against the checkpoint).
         checkpoint: ``model.ckpt`` whose optical bands and aux the VRT holds (default: every
             band of the scene, and the aux as given).
+        ndsm: Write the DSM as heights above the scene-wide ground (metres). Default: exactly
+            when ``checkpoint`` normalises its DSM as an nDSM (its ground cell and window are
+            used; without a checkpoint, ``True`` uses the default 1 m cells and 30 m window).
         overwrite: Replace existing outputs.
 
     Raises:
         ExportError: A missing/unreadable/ungeoreferenced input, an aux that does not overlap the
-            scene or does not fit the checkpoint, or an existing output without ``overwrite``.
+            scene or does not fit the checkpoint, ``ndsm`` without a DSM or for a checkpoint not
+            trained on an nDSM, or an existing output without ``overwrite``.
     """
     from rsprompt.inference.reader import PredictError, SceneReader
 
@@ -215,9 +271,11 @@ def stack_scene(
     aux_path = Path(aux) if aux is not None else None
     if aux_kind is not None and aux_kind not in FLAGS:
         raise ExportError(f"aux kind must be dsm or sar, got {aux_kind!r}")
-    layout = _layout(checkpoint, aux_path, aux_kind)
+    layout, aux_norm = _layout(checkpoint, aux_path, aux_kind)
     kind = layout.aux_kind or aux_kind
-    aligned = out.with_name(f"{out.stem}_{kind or 'aux'}.tif") if aux_path is not None else None
+    ground = _ndsm_normalizer(checkpoint, aux_norm, aux_path, kind, ndsm)
+    suffix = "ndsm" if ground is not None else kind or "aux"
+    aligned = out.with_name(f"{out.stem}_{suffix}.tif") if aux_path is not None else None
     outputs = [p for p in (aligned, out) if p is not None]
     if aligned is not None and aligned.resolve() in (scene.resolve(), aux_path.resolve()):  # type: ignore[union-attr]
         raise ExportError(f"output {aligned} would replace an input")
@@ -235,11 +293,24 @@ def stack_scene(
         raise ExportError(str(exc)) from None
     with reader, atomic_outputs(outputs) as temps:
         try:
-            count = _write_aux(reader, temps[0]) if aligned is not None else 0
+            heights = _fitted_heights(reader, ground)
+            count = _write_aux(reader, temps[0], heights) if aligned is not None else 0
         except PredictError as exc:
             raise ExportError(str(exc)) from None
-        text = _vrt_text(scene, reader, aligned, count, kind, out.parent)
+        text = _vrt_text(scene, reader, aligned, count, kind, out.parent, ground is not None)
         temps[-1].write_text(text)
         bands = list(reader.bands)
         width, height = reader.width, reader.height
-    return StackSummary(out, aligned, bands, count, width, height)
+    return StackSummary(out, aligned, bands, count, width, height, ground is not None)
+
+
+def _fitted_heights(reader: Any, ground: Any) -> Any:
+    """A :class:`HeightAboveGround` fitted on the scene (as predict fits it), or ``None``."""
+    if ground is None:
+        return None
+    from rsprompt.inference.ground import HeightAboveGround, ground_pixel_size
+    from rsprompt.inference.source import fit_normalizer
+
+    heights = HeightAboveGround(ground, ground_pixel_size(reader.scene_path))
+    fit_normalizer(reader, heights)
+    return heights

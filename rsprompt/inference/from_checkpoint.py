@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,8 +36,9 @@ import numpy as np
 import torch
 
 from rsprompt.data.labels import CLASS_TABLES, ClassTable, default_colors
+from rsprompt.inference.ground import fit_ground, ground_cell_px, ground_pixel_size
 from rsprompt.inference.reader import AuxSource, AuxStats, PredictError
-from rsprompt.inference.summary import PredictSummary, pixel_size_m
+from rsprompt.inference.summary import PredictSummary
 
 #: A scene is far from the optical normalisation's range ``[0, scale]`` when its sampled 99th
 #: percentile exceeds ``scale`` by this factor, or is below ``scale`` divided by it, or its 1st
@@ -117,7 +117,7 @@ class CheckpointNormalizer:
         # (with what the checkpoint records); predict_scene's generic warning is not repeated.
         self.stats_compress_with_scene_size = False
         self.ground_cell_px: int | None = (
-            max(1, round(aux.cell_m / self.pixel_size)) if mode == "ndsm" else None
+            ground_cell_px(aux, self.pixel_size) if mode == "ndsm" else None
         )
         self.stats: dict[str, Any] | None = None
         # Every checkpoint normalisation is pixelwise once fitted (see predict_scene).
@@ -129,13 +129,7 @@ class CheckpointNormalizer:
         if aux.mode == "minmax":
             self.stats = {"min": float(stats.min[0]), "max": float(stats.max[0])}
         elif aux.mode == "ndsm":
-            from rsprompt.data.normalize import ground_estimate
-
-            assert stats.cell_min is not None and stats.cell is not None
-            grid, _ = ground_estimate(
-                stats.cell_min, None, stats.cell * self.pixel_size, aux.cell_m, aux.window_m
-            )
-            self.stats = {"ground": grid.astype(np.float32), "cell": int(stats.cell)}
+            self.stats = fit_ground(aux, stats, self.pixel_size)
 
     def __call__(
         self,
@@ -404,7 +398,7 @@ class CheckpointPredictor:
             norm = dataclasses.replace(self.normalization, optical=optical)
             pixel = 1.0
             if aux is not None and getattr(norm.aux, "mode", None) == "ndsm":
-                pixel = _ground_pixel_size(Path(scene))
+                pixel = ground_pixel_size(Path(scene))
             norm_fn = CheckpointNormalizer(norm, pixel)
         elif self.bands is not None:
             bands = list(self.bands)
@@ -414,32 +408,6 @@ class CheckpointPredictor:
             "expected_bands": expected,
             "aux_channels": self.aux_channels if aux is not None else None,
         }
-
-
-def _ground_pixel_size(scene: Path) -> float:
-    """Pixel size of ``scene`` in metres for an nDSM ground grid (geodesic when geographic).
-
-    The side of a square of the pixel's ground area (``sqrt(x · y)``): pixels of a geographic CRS
-    are narrower east–west than north–south away from the equator.
-
-    Raises:
-        PredictError: If the scene cannot be opened, is not georeferenced, or its CRS has no
-            unit that converts to metres.
-    """
-    from rsprompt.inference.reader import _check_georeferenced, _open
-
-    src = _open(scene, "scene")
-    _check_georeferenced(src, scene, "scene")
-    with src:
-        size = pixel_size_m(src.crs, src.transform, src.height, src.width)
-        crs = src.crs
-    if size is None:
-        raise PredictError(
-            f"scene {scene}: its CRS ({crs}) has no unit that converts to metres, but the "
-            "checkpoint's nDSM normalisation sizes its ground grid in metres; reproject the "
-            "scene first (e.g. gdalwarp -t_srs to a UTM zone)"
-        )
-    return math.sqrt(size[0] * size[1])
 
 
 def _band_list(value: Sequence[int] | None, what: str) -> list[int] | None:

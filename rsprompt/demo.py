@@ -300,7 +300,8 @@ def _train(
         warnings.filterwarnings("ignore", message=".*val_dataloader.*")
         trainer.fit(task, datamodule=dm)
     seconds = time.perf_counter() - start
-    save_model_checkpoint(ckpt_path, task.model, task.meta())
+    # The ground sampling distance: `rsprompt export` writes it as Deepness's resolution.
+    save_model_checkpoint(ckpt_path, task.model, {**task.meta(), "gsd_m": settings.resolution})
     return {"steps": int(trainer.global_step), "seconds": round(seconds, 1)}
 
 

@@ -119,6 +119,33 @@ def test_demo_refuses_to_replace_outputs_without_overwrite(demo_run):
 
 
 @pytest.mark.slow
+def test_deepness_run_of_the_demo_model_gives_the_predicted_map(demo_run, tmp_path):
+    """scripts/check_deepness.py on the demo: stack, export, Deepness-style run == predict.
+
+    The demo's model takes an nDSM and its DSM comes on another grid and CRS; the stacked
+    layer holds heights above predict's scene-wide ground, so every pixel agrees (exit 0).
+    """
+    import importlib.util
+    from pathlib import Path
+
+    pytest.importorskip("onnxruntime")
+    out, _ = demo_run
+    assert read_meta(out / "model.ckpt")["gsd_m"] == 0.2  # export writes it as resolution
+    script = Path(__file__).resolve().parents[1] / "scripts" / "check_deepness.py"
+    spec = importlib.util.spec_from_file_location("check_deepness", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = module.compare(out, tmp_path)
+    assert result["ndsm"] and result["aux_input"] == "height_above_ground"
+    assert result["pixels"] > 0 and result["differ"] == 0
+
+
+def read_meta(path):
+    from rsprompt.engine.checkpoint import read_model_checkpoint
+
+    return read_model_checkpoint(path)["meta"]
+
+
 def test_full_demo_dsm_beats_optical_only(tmp_path):
     """The default demo as `make demo` runs it: the DSM must help.
 

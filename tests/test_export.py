@@ -7,6 +7,7 @@ expected probabilities come from the torch model behind normalisations written o
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import xml.etree.ElementTree as ET
@@ -413,25 +414,16 @@ def test_stack_refusals(tmp_path, scene):
 
 
 def deepness_run(vrt: Path, onnx_path: Path, tile: int) -> np.ndarray:
-    """Classes of the stacked layer the Deepness way: tiles, /255, standardise, onnxruntime, argmax.
+    """Classes of the stacked layer the Deepness way (scripts/check_deepness.py's emulation).
 
-    Tiles of ``tile`` pixels without overlap (the scene is a whole number of tiles); each band is
-    read raw in its own data type, as Deepness reads a layer band by band.
+    Square tiles without overlap read band by band in their own data type, ``/ 255``,
+    standardised with the metadata's mean and std, onnxruntime, argmax.
     """
-    m = deepness_reads(onnx_path)
-    sess = session(onnx_path)
-    with rasterio.open(vrt) as src:
-        data = np.stack([src.read(b + 1).astype(np.float32) for b in range(src.count)])
-    c, h, w = data.shape
-    out = np.zeros((h, w), np.int64)
-    for r in range(0, h, tile):
-        for q in range(0, w, tile):
-            x = data[None, :, r : r + tile, q : q + tile]
-            x = np.float32(x * (1.0 / 255.0))
-            x = (x - m["mean"].reshape(1, c, 1, 1)) / m["std"].reshape(1, c, 1, 1)
-            probs = sess.run(None, {"input": x.astype(np.float32)})[0]
-            out[r : r + tile, q : q + tile] = probs[0].argmax(0)
-    return out
+    script = Path(__file__).resolve().parents[1] / "scripts" / "check_deepness.py"
+    spec = importlib.util.spec_from_file_location("check_deepness", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.deepness_classes(vrt, onnx_path, tile)
 
 
 def test_deepness_style_run_gives_the_classes_of_rsprompt_predict(tmp_path, scene):

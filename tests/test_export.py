@@ -181,7 +181,7 @@ def test_sar_and_ndsm_normalisations_are_baked(tmp_path):
     heights = tmp_path / "ndsm.onnx"
     res = run("export", ckpt, "-o", heights, "--resolution", 20)
     assert res.exit_code == 0, res.output
-    assert "heights above ground" in res.output
+    assert "heights above ground" in res.output and "stack --ndsm" in res.output
     assert deepness_reads(heights)["all"]["rsprompt_aux_input"] == "height_above_ground"
     x[0, 3] = 0.0
     x[0, 3, 20:40, 30:50] = 10.0

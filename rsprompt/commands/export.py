@@ -105,15 +105,17 @@ def export(
         )
     except ExportError as exc:
         raise click.ClickException(str(exc)) from None
-    stats = (
+    detail = (
         ""
         if s.aux_stats is None
         else (f"; DSM min–max fixed to {s.aux_stats['min']:g}–{s.aux_stats['max']:g}")
     )
+    values = "raw values"
     if s.aux_input == "height_above_ground":
-        stats = "; DSM input: heights above ground (stack the scene with `rsprompt stack --ndsm`)"
+        values = "raw optical values, then the DSM as heights above ground"
+        detail = "; stack the scene with `rsprompt stack --ndsm` (the default for this checkpoint)"
     click.echo(
-        f"wrote {s.path}: input N×{s.channels}×{s.window}×{s.window} (raw values), "
-        f"{len(s.classes)} classes, {s.resolution_cm:g} cm/px{stats}; onnxruntime matches torch "
+        f"wrote {s.path}: input N×{s.channels}×{s.window}×{s.window} ({values}), "
+        f"{len(s.classes)} classes, {s.resolution_cm:g} cm/px{detail}; onnxruntime matches torch "
         f"(max abs diff {s.max_abs_diff:.2g})"
     )

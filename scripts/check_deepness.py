@@ -11,8 +11,9 @@ and CRS, ``model.ckpt``), then, as a QGIS user would:
 4. predicts the scene with ``rsprompt predict``'s code path with the same windows (the exported
    window, no overlap, so each predict window is one Deepness tile);
 
-and prints the share of pixels whose class agrees (over the whole tiles that cover the scene).
-Exit status 0 when every pixel agrees, 1 otherwise.
+and prints the share of pixels whose class agrees inside the windows both share (a scene side
+that is not a multiple of the window ends with a predict window flush with the edge, blended with
+the one before it; those pixels are left out). Exit status 0 when every pixel agrees, 1 otherwise.
 
 Example::
 
@@ -69,6 +70,25 @@ def deepness_classes(layer: Path, onnx_path: Path, tile: int | None = None) -> n
     return out
 
 
+def shared_windows(length: int, window: int) -> np.ndarray:
+    """Pixels of one axis inside a predict window that is exactly a Deepness tile.
+
+    ``rsprompt predict`` with no overlap puts windows at 0, w, 2w, … and, when the side is not a
+    multiple of ``w``, a last window flush with the edge that overlaps the one before it (their
+    scores are blended there). Deepness tiles start at multiples of ``w``. Compared: pixels that
+    one predict window alone covers and whose window starts at a multiple of ``w``.
+    """
+    from rsprompt.tiling import axis_offsets
+
+    count = np.zeros(length, np.int64)
+    aligned = np.zeros(length, bool)
+    for start in axis_offsets(length, window, 0):
+        count[start : start + window] += 1
+        if start % window == 0:
+            aligned[start : start + window] = True
+    return (count == 1) & aligned
+
+
 def compare(
     demo: Path, work: Path, window: int | None = None, resolution: float | None = None
 ) -> dict:
@@ -89,7 +109,11 @@ def compare(
     )  # fmt: skip
     with rasterio.open(predicted) as src:
         theirs = src.read(1).astype(np.int64)
-    covered = ours >= 0
+    rows, cols = (
+        shared_windows(theirs.shape[0], export.window),
+        shared_windows(theirs.shape[1], export.window),
+    )
+    covered = rows[:, None] & cols[None, :] & (ours >= 0)
     return {
         "window": export.window,
         "ndsm": stacked.ndsm,

@@ -28,6 +28,7 @@ from rsprompt.data.datamodules import RasterDataModule, WHUOptSarDataModule
 from rsprompt.data.datasets.custom_labels import CustomDataError, VectorLabels
 from rsprompt.data.labels import IGNORE_INDEX
 from rsprompt.engine.cli_train import run_train
+from rsprompt.export.common import training_resolution_cm
 from rsprompt.inference.from_checkpoint import CheckpointPredictor
 from rsprompt.inference.reader import AuxSource, SceneReader
 
@@ -506,6 +507,10 @@ def test_bands_and_scaling_round_trip_through_the_checkpoint(tmp_path, tiny_trai
     meta = torch.load(ckpt, weights_only=True)["meta"]
     assert meta["classes"] == ["forest", "water"] and meta["dataset"] == "custom"
     assert meta["bands"] == [3, 2, 0]  # 0-based, as every checkpoint records them
+    # The images' pixel size (RES metres in a UTM CRS) is the ground sampling distance that
+    # `rsprompt export` writes as Deepness's resolution, in cm/px.
+    assert meta["gsd_m"] == pytest.approx(RES)
+    assert training_resolution_cm(meta) == pytest.approx(100 * RES)
     optical = meta["normalization"]["optical"]
     assert optical["fitted"] == "meanstd" and optical["dtype"] == "uint16"
     # Fitted on the training image only (s0; s1 is validation): its bands 4, 3, 1.

@@ -490,6 +490,9 @@ class RasterDataModule(MultimodalDataModule):
             )
         paths = resolve_images(images, self.root)
         self.images = [image_info(p) for p in paths]
+        # Ground sampling distance (median pixel side, metres): recorded in the checkpoint, where
+        # `rsprompt export` takes it as the resolution Deepness reads.
+        self.gsd_m = float(np.median([img.pixel_m for img in self.images]))
         self.band_list = self._bands(bands, normalization)
         self.aux_paths, self.aux_band_list = self._aux(aux, aux_bands)
         self._aux_kind = aux_kind if aux is not None else None

@@ -80,7 +80,8 @@ def datamodule_info(dm: Any) -> dict[str, Any]:
     and aux kind from its dataset class, label variant from ``labels``) and with any datamodule
     that exposes ``class_table`` (a :class:`~rsprompt.data.labels.ClassTable`) or
     ``class_names``/``colors``, ``normalization``, ``aux_kind``, ``aux_channels``, ``bands``,
-    ``dataset``, ``label_variant``, ``patch_size`` and ``ignore_index``.
+    ``dataset``, ``label_variant``, ``patch_size``, ``ignore_index`` and ``gsd_m`` (the
+    training imagery's ground sampling distance in metres).
     """
     datasets = getattr(dm, "datasets", None)
     ds = next(iter(datasets.values()), None) if isinstance(datasets, dict) and datasets else None
@@ -130,6 +131,7 @@ def datamodule_info(dm: Any) -> dict[str, Any]:
         "ignore_index": int(_get(dm, "ignore_index", default=255)),
         "datamodule": f"{type(dm).__module__}.{type(dm).__qualname__}",
         "datamodule_kwargs": _datamodule_kwargs(dm),
+        "gsd_m": _get(dm, "gsd_m"),
     }
 
 
@@ -430,6 +432,7 @@ class SegmentationTask(pl.LightningModule):
                 "blend": hp.eval_blend,
             },
             training={"numeric_precision": self._precision()},
+            gsd_m=info.get("gsd_m"),
         )
 
     def _precision(self) -> str | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 import rsprompt.data.normalize as N
@@ -22,6 +23,29 @@ WINDOW = 64
 CLASSES = ["impervious surfaces", "building", "low vegetation"]
 MINMAX = N.DSMNormalizer("minmax")
 
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: the machine is shared (autouse where a test module imports it)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+#: A 4-block ViT of width 32 on 8-pixel patches (GoPT and SPM).
+TINY_VIT = (
+    "vit_base_patch16_224",
+    {
+        "encoder_kwargs": {
+            "depth": 4,
+            "embed_dim": 32,
+            "num_heads": 2,
+            "patch_size": 8,
+            "img_size": 64,
+        }
+    },
+)
 #: method -> (encoder, build kwargs) of a tiny random model.
 TINY = {
     "mobanet": (
@@ -29,30 +53,8 @@ TINY = {
         {"encoder_kwargs": {"depth": 2, "embed_dim": 32, "num_heads": 2, "img_size": 56}},
     ),
     "dplnet": ("mit_b0", {"encoder_kwargs": {"depths": [1, 1, 1, 1]}}),
-    "gopt": (
-        "vit_base_patch16_224",
-        {
-            "encoder_kwargs": {
-                "depth": 4,
-                "embed_dim": 32,
-                "num_heads": 2,
-                "patch_size": 8,
-                "img_size": 64,
-            }
-        },
-    ),
-    "spm": (
-        "vit_base_patch16_224",
-        {
-            "encoder_kwargs": {
-                "depth": 4,
-                "embed_dim": 32,
-                "num_heads": 2,
-                "patch_size": 8,
-                "img_size": 64,
-            }
-        },
-    ),
+    "gopt": TINY_VIT,
+    "spm": TINY_VIT,
     "rpn": ("rsprompt-tiny-clip", {"img_size": 64}),
 }
 

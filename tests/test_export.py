@@ -23,6 +23,7 @@ from onnx_fixtures import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     WINDOW,
+    one_thread,  # noqa: F401 (autouse fixture)
     raw_window,
     save_tiny,
 )
@@ -37,15 +38,6 @@ from rsprompt.models import registry
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: the machine is shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def run(*args):

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from onnx_fixtures import WINDOW, save_tiny
+from onnx_fixtures import WINDOW, one_thread, save_tiny  # noqa: F401 (autouse one_thread)
 
 import rsprompt.data.synthetic as synthetic
 from rsprompt.inference import PredictError, predict_from_checkpoint
@@ -25,15 +25,6 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
 from rsprompt.export import OnnxPredictor, export_onnx, predict_onnx
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: the machine is shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

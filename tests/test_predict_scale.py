@@ -22,13 +22,11 @@ import pytest
 import rasterio
 import torch
 from click.testing import CliRunner
+from helpers import save_dsm_checkpoint
 from rasterio.windows import Window
 
-import rsprompt.data.normalize as normalize
 import rsprompt.data.synthetic as synthetic
-import rsprompt.engine.checkpoint as ckpt_mod
 from rsprompt.cli import main
-from rsprompt.data.labels import ISPRS_CLASSES
 from rsprompt.inference.inputs import expand_scenes, write_mosaic
 from rsprompt.inference.jobs import JOB_DIR, Unit, assign, parse_shard, plan_units
 from rsprompt.inference.reader import PredictError
@@ -52,19 +50,7 @@ def data(tmp_path_factory):
         with torch.no_grad():  # decisive logits: several classes in every map
             model.decoder.weight.mul_(30)
             model.aux_stem.weight.mul_(30)
-        norm = normalize.Normalization(
-            normalize.OpticalNormalizer(), normalize.DSMNormalizer("minmax")
-        )
-        meta = ckpt_mod.model_meta(
-            model,
-            weights=None,
-            classes=ISPRS_CLASSES.names,
-            colors=ISPRS_CLASSES.colors,
-            normalization=norm,
-            aux_kind="dsm",
-            patch_size=32,
-        )
-        ckpt_mod.save_model_checkpoint(root / "model.ckpt", model, meta)
+        save_dsm_checkpoint(root / "model.ckpt", model, patch_size=32)
     for i, size in enumerate([*SIZES, BIG]):
         name = f"s{i}" if i < len(SIZES) else "big"
         sc = synthetic.generate_scene("isprs", size=size, seed=i, resolution=0.1)

@@ -14,7 +14,6 @@ allocator tuning are made when the command runs (:func:`_tuned_process`).
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -323,20 +322,6 @@ def _remove_empty(folders: list[Path]) -> None:
             folder.rmdir()
         except OSError:
             return
-
-
-def _write_summary(path: Path, summaries: list[dict[str, Any]], overwrite: bool) -> None:
-    """The summaries as JSON, written atomically."""
-    from rsprompt.inference.writers import AtomicOutputs, writing
-
-    outputs = AtomicOutputs(overwrite=overwrite)
-    with writing(f"--summary-json {path}"):
-        try:
-            outputs.temp_for(path).write_text(json.dumps(summaries, indent=2))
-        except BaseException:
-            outputs.rollback()
-            raise
-        outputs.commit()
 
 
 def _predict_all(
@@ -721,6 +706,7 @@ def _run(printer: _WarningPrinter, **opts: Any) -> None:
 
 def _run_single(printer: _WarningPrinter, setup: _Setup) -> None:
     """One process: check everything, load the model, predict each scene under output locks."""
+    from rsprompt.inference.jobs import write_summary_json
     from rsprompt.inference.writers import locked_outputs
 
     plan, overwrite = setup.plan, setup.overwrite
@@ -741,7 +727,7 @@ def _run_single(printer: _WarningPrinter, setup: _Setup) -> None:
             _check_plan(plan, overwrite)  # again under the locks (another run may have finished)
             summaries = _predict_all(predictor, plan, printer, setup.aux_kind, options)
             if plan.summary is not None:
-                _write_summary(plan.summary.path, summaries, overwrite)
+                write_summary_json(plan.summary.path, summaries, overwrite)
     except BaseException:
         _remove_empty(created)
         raise

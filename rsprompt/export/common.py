@@ -72,19 +72,10 @@ def input_layout(meta: dict[str, Any], source: str | Path = "checkpoint") -> Inp
     Raises:
         ExportError: If the normalisation record is unreadable.
     """
-    from rsprompt.data.normalize import Normalization
-
     bands: list[int] | None = None
     n: int | None = None
-    record = meta.get("normalization")
-    optical = None
-    if record is not None:
-        try:
-            optical = Normalization.from_dict(record).optical
-        except ValueError as exc:
-            raise ExportError(
-                f"checkpoint {source}: unreadable normalisation record ({exc})"
-            ) from None
+    norm = checkpoint_normalization(meta, source)
+    optical = None if norm is None else norm.optical
     if optical is not None and optical.bands is not None:
         bands = [b + 1 for b in optical.bands]
     elif meta.get("bands"):
@@ -98,8 +89,8 @@ def input_layout(meta: dict[str, Any], source: str | Path = "checkpoint") -> Inp
     return InputLayout(bands, n, aux_kind, aux_channels if aux_kind else 0)
 
 
-def aux_normalizer(meta: dict[str, Any], source: str | Path = "checkpoint") -> Any:
-    """The aux normaliser of a checkpoint's ``meta`` (``None``: none recorded).
+def checkpoint_normalization(meta: dict[str, Any], source: str | Path = "checkpoint") -> Any:
+    """The :class:`~rsprompt.data.normalize.Normalization` of a checkpoint's ``meta`` (or ``None``).
 
     Raises:
         ExportError: If the normalisation record is unreadable.
@@ -110,7 +101,7 @@ def aux_normalizer(meta: dict[str, Any], source: str | Path = "checkpoint") -> A
     if record is None:
         return None
     try:
-        return Normalization.from_dict(record).aux
+        return Normalization.from_dict(record)
     except (KeyError, ValueError, TypeError) as exc:
         raise ExportError(f"checkpoint {source}: unreadable normalisation record ({exc})") from None
 

@@ -46,8 +46,8 @@ from rsprompt.export.common import (
     ExportError,
     InputLayout,
     atomic_outputs,
-    aux_normalizer,
     check_output,
+    checkpoint_normalization,
     input_layout,
     ndsm_input,
 )
@@ -109,7 +109,8 @@ def _layout(
             f"modality; {aux} was given as {aux_kind.upper()} (use "
             f"{FLAGS.get(str(layout.aux_kind), '--dem/--sar')})"
         )
-    return layout, aux_normalizer(meta, checkpoint)
+    norm = checkpoint_normalization(meta, checkpoint)
+    return layout, None if norm is None else norm.aux
 
 
 def _ndsm_normalizer(

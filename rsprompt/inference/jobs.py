@@ -623,12 +623,17 @@ def merge_job(
                 on_scene(summaries[-1])
         if plan.summary_json is not None:
             records = [s.as_dict() for s in summaries]
-            _write_summary_json(Path(plan.summary_json), records, overwrite)
+            write_summary_json(Path(plan.summary_json), records, overwrite)
         shutil.rmtree(job.root)
     return summaries
 
 
-def _write_summary_json(path: Path, summaries: list[dict[str, Any]], overwrite: bool) -> None:
+def write_summary_json(path: Path, summaries: list[dict[str, Any]], overwrite: bool) -> None:
+    """``summaries`` as indented JSON at ``path``, written atomically (``--summary-json``).
+
+    Raises:
+        OutputError: An existing file without ``overwrite``, or a write error.
+    """
     from rsprompt.inference.writers import AtomicOutputs, writing
 
     outputs = AtomicOutputs(overwrite=overwrite)

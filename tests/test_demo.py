@@ -123,7 +123,8 @@ def test_deepness_run_of_the_demo_model_gives_the_predicted_map(demo_run, tmp_pa
 
     The demo's model takes an nDSM and its DSM comes on another grid and CRS; the stacked
     layer holds heights above predict's scene-wide ground, so every pixel agrees inside the
-    windows both share. The tiny scene (160 px, 64 px windows) ends with a predict window
+    windows both share, up to float32 ties of the two runtimes (one pixel of 589,824 in a full
+    demo, its two largest probabilities 5.7e-7 apart). The tiny scene (160 px, 64 px windows) ends with a predict window
     flush with the edge: 96 × 96 px are compared.
     """
     import importlib.util
@@ -138,7 +139,8 @@ def test_deepness_run_of_the_demo_model_gives_the_predicted_map(demo_run, tmp_pa
     spec.loader.exec_module(module)
     result = module.compare(out, tmp_path)
     assert result["ndsm"] and result["aux_input"] == "height_above_ground"
-    assert result["pixels"] == 96 * 96 and result["differ"] == 0
+    assert result["pixels"] == 96 * 96 and result["beyond_ties"] == 0
+    assert result["differ"] <= 2  # float32 ties between onnxruntime and torch only (0 seen)
 
 
 def read_meta(path):
